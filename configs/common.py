@@ -1,0 +1,71 @@
+"""Helpers shared by the config files (big_vision's `parse_arg`, restated).
+
+A config file's `get_config(arg)` receives the text after the colon in
+`--config=configs/<file>.py:<arg>`. `parse_arg` turns it into a ConfigDict:
+
+  parse_arg("softmax,smoke", attention="softmax", smoke=False)
+    -> attention="softmax", smoke=True
+  parse_arg("nystrom,smoke=False,steps=300", attention="", smoke=False, steps=0)
+    -> attention="nystrom", smoke=False, steps=300
+
+A bare word is either the name of a boolean spec entry (which it sets to True)
+or, if it is the first item, the value of the first spec entry. Every value is
+converted to the type of its default; unknown names raise a ValueError that
+names the key.
+"""
+import ml_collections
+
+
+def _convert(key, text, default):
+  if isinstance(default, bool):
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes"):
+      return True
+    if lowered in ("false", "0", "no"):
+      return False
+    raise ValueError(f"config arg {key}={text!r}: expected a boolean")
+  if default is None or isinstance(default, str):
+    return text
+  try:
+    return type(default)(text)
+  except ValueError:
+    raise ValueError(f"config arg {key}={text!r}: expected "
+                     f"{type(default).__name__}") from None
+
+
+def parse_arg(arg, lazy=False, **spec):
+  """Parses `arg` ("a,b=1,c") against `spec` (name -> default value).
+
+  Args:
+    arg: the string after the colon of `--config=file.py:arg`, or None.
+    lazy: if True, names not in `spec` are accepted as strings (for configs
+      that forward free-form keys); otherwise they raise ValueError.
+    **spec: the accepted names and their defaults; the defaults' types are the
+      types values get converted to. Order matters: a bare first word that is
+      not a boolean name is the value of the first entry.
+
+  Returns:
+    A locked-shape ConfigDict with one field per spec entry.
+  """
+  parsed = ml_collections.ConfigDict(dict(spec))
+  if not arg:
+    return parsed
+  names = list(spec)
+  for position, item in enumerate(i.strip() for i in arg.split(",")):
+    if not item:
+      continue
+    if "=" in item:
+      key, text = (s.strip() for s in item.split("=", 1))
+    elif item in spec and isinstance(spec[item], bool):
+      key, text = item, "True"
+    elif position == 0 and names:
+      key, text = names[0], item
+    else:
+      key, text = item, "True"
+    if key not in spec:
+      if not lazy:
+        raise ValueError(f"config arg {key!r} is not one of {names}")
+      parsed[key] = text
+      continue
+    parsed[key] = _convert(key, text, spec[key])
+  return parsed

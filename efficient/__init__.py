@@ -1,0 +1,1 @@
+"""efficient: a JAX/Flax framework for efficient deep-learning methods."""

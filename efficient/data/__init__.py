@@ -1,0 +1,18 @@
+"""Datasets: tfds builders that write array_record (no TensorFlow) and the
+grain pipelines that read them (`pipeline.py`).
+
+`BUILDERS` maps `config.data.name` to a builder class; add a line per dataset.
+"""
+import importlib
+
+BUILDERS = {
+    "listops": "efficient.data.listops:ListOps",
+}
+
+
+def get_builder_class(name):
+  if name not in BUILDERS:
+    raise ValueError(f"config.data.name={name!r} is not one of "
+                     f"{sorted(BUILDERS)}")
+  module, cls = BUILDERS[name].split(":")
+  return getattr(importlib.import_module(module), cls)

@@ -1,0 +1,117 @@
+"""grain input pipelines over tfds array_record data.
+
+Training: an infinite, shuffled, per-process-sharded `grain.DataLoader` whose
+iterator state is saved in every checkpoint, so a resumed run sees exactly the
+batches an uninterrupted one would. Evaluation: one deterministic pass over a
+split, padded to whole batches with `weight = 0` examples so every example is
+counted once on any number of processes.
+
+Batch sizes in the config are global; each process loads
+`global_batch_size // jax.process_count()` examples.
+"""
+import math
+import os
+
+from absl import logging
+import grain
+import jax
+import numpy as np
+
+from efficient import data as data_lib
+from efficient.errors import ConfigError
+
+
+def check_data_dir(cfg):
+  if cfg.data_dir and not os.path.isdir(cfg.data_dir):
+    raise ConfigError(f"config.data.data_dir={cfg.data_dir!r} does not exist")
+
+
+def load_builder(cfg):
+  """Returns the prepared tfds builder for `config.data`, building if needed.
+
+  The data directory is `cfg.data_dir`, else `$TFDS_DATA_DIR`, else the tfds
+  default (~/tensorflow_datasets). A `cfg.data_dir` that does not exist is a
+  config error (a typo would otherwise silently rebuild the data elsewhere).
+  """
+  check_data_dir(cfg)
+  data_dir = cfg.data_dir or os.environ.get("TFDS_DATA_DIR") or None
+  builder = data_lib.get_builder_class(cfg.name)(
+      config=cfg.builder_config, data_dir=data_dir,
+      file_format="array_record")
+  if not builder.is_prepared():
+    if not cfg.prepare:
+      raise ConfigError(
+          f"config.data: {cfg.name}/{cfg.builder_config} is not built in "
+          f"{builder.data_dir}; set config.data.prepare=True or run "
+          f"python -m efficient.data.{cfg.name} --config={cfg.builder_config}")
+    logging.info("Building %s/%s in %s (first use).", cfg.name,
+                 cfg.builder_config, builder.data_dir)
+    builder.download_and_prepare()
+  return builder
+
+
+class PadTokens(grain.transforms.Map):
+  """Pads (with 0) or truncates `tokens` to `max_length`; keeps the label."""
+
+  def __init__(self, max_length):
+    self.max_length = max_length
+
+  def map(self, element):
+    tokens = np.asarray(element["tokens"], np.int32)[:self.max_length]
+    padded = np.zeros(self.max_length, np.int32)
+    padded[:len(tokens)] = tokens
+    return {"tokens": padded, "label": np.int32(element["label"])}
+
+
+def _local_batch_size(global_batch_size):
+  if global_batch_size % jax.process_count():
+    raise ConfigError(f"config.batch_size={global_batch_size} is not divisible "
+                      f"by the {jax.process_count()} processes")
+  return global_batch_size // jax.process_count()
+
+
+def train_iterator(source, *, global_batch_size, max_length, seed):
+  """Infinite shuffled batches; the iterator has get_state()/set_state()."""
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(source),
+      shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
+      shuffle=True, num_epochs=None, seed=seed)
+  loader = grain.DataLoader(
+      data_source=source, sampler=sampler,
+      operations=[PadTokens(max_length),
+                  grain.transforms.Batch(_local_batch_size(global_batch_size),
+                                         drop_remainder=True)],
+      worker_count=0)
+  return iter(loader)
+
+
+def eval_batches(source, *, global_batch_size, max_length):
+  """One pass over `source`, this process's share, in whole padded batches.
+
+  Yields dicts with `tokens`, `label` and `weight` (1 real, 0 padding). Every
+  process yields the same number of batches.
+  """
+  local = _local_batch_size(global_batch_size)
+  index, count = jax.process_index(), jax.process_count()
+  mine = list(range(index, len(source), count))
+  num_batches = math.ceil(math.ceil(len(source) / count) / local)
+  pad = PadTokens(max_length)
+  for b in range(num_batches):
+    chunk = mine[b * local:(b + 1) * local]
+    examples = [pad.map(source[i]) for i in chunk]
+    weight = np.zeros(local, np.float32)
+    weight[:len(examples)] = 1.0
+    filler = {"tokens": np.zeros(max_length, np.int32), "label": np.int32(0)}
+    examples += [filler] * (local - len(examples))
+    yield {"tokens": np.stack([e["tokens"] for e in examples]),
+           "label": np.stack([e["label"] for e in examples]),
+           "weight": weight}
+
+
+def label_counts(source, num_classes, limit=None):
+  """Label histogram of (the first `limit` examples of) a split."""
+  n = len(source) if limit is None else min(limit, len(source))
+  counts = np.zeros(num_classes, np.int64)
+  for i in range(n):
+    counts[int(source[i]["label"])] += 1
+  return counts

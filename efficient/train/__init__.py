@@ -1,0 +1,1 @@
+"""Training: `trainer.train_and_evaluate(config, workdir)` and its parts."""

@@ -1,0 +1,133 @@
+"""Orbax checkpoints: train state + grain iterator state + config.
+
+Layout: `<workdir>/checkpoints/<step>/{state,data_iter,config}`. Saves are
+asynchronous (orbax writes to a temporary directory and renames it on commit,
+so a save cut off by a kill never shows up as a step).
+
+Resume precedence (`trainer.train_and_evaluate` logs which one applied):
+  1. the latest readable checkpoint in `<workdir>/checkpoints`: the whole
+     state (params, optimizer, EMA, step, RNG) and the data iterator position;
+     a checkpoint that fails to restore is moved aside to
+     `checkpoints/unreadable-<step>` with a warning and the previous one is used;
+  2. `config.init_from`: weights only (params, and EMA params if both sides
+     have them), with a fresh optimizer at step 0 and a fresh data iterator;
+  3. random initialisation.
+"""
+import os
+import re
+
+from absl import logging
+from etils import epath
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Thin wrapper over `ocp.CheckpointManager` with fall-back restore."""
+
+  def __init__(self, directory, *, max_to_keep=3, async_save=True):
+    self.directory = epath.Path(directory)
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            enable_async_checkpointing=async_save,
+            create=True))
+
+  def latest_step(self):
+    return self.manager.latest_step()
+
+  def save(self, step, state, data_iter, config):
+    """Saves (asynchronously) unless this step is already on disk."""
+    if step in self.manager.all_steps():
+      return False
+    return self.manager.save(
+        step, force=True,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data_iter=grain.checkpoint.CheckpointSave(data_iter),
+            config=ocp.args.JsonSave(config.to_dict())))
+
+  def restore_latest(self, abstract_state, data_iter):
+    """Restores the newest readable checkpoint into `data_iter` and a state.
+
+    Args:
+      abstract_state: the state's tree of `jax.ShapeDtypeStruct`, every leaf
+        with a sharding (that is what lets a checkpoint written on 8 devices
+        restore on 1).
+      data_iter: a grain iterator; its position is set in place.
+
+    Returns:
+      (step, state), or None when no checkpoint could be restored.
+    """
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
+        return step, restored.state
+      except Exception as e:  # pylint: disable=broad-exception-caught
+        # Orbax raises many types here (ValueError, OSError, tensorstore
+        # errors); any of them means "this step is unusable".
+        logging.warning("Checkpoint at step %d cannot be restored (%s: %s); "
+                        "moving it aside and trying the previous one.", step,
+                        type(e).__name__, str(e).splitlines()[0][:200])
+        self._move_aside(step)
+    return None
+
+  def _move_aside(self, step):
+    if jax.process_index() == 0:
+      source = self.directory / str(step)
+      source.rename(self.directory / f"unreadable-{step}")
+    self.manager.reload()
+
+  def reached_preemption(self, step):
+    return self.manager.reached_preemption(step)
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def _latest_state_dir(path):
+  """Finds `<step>/state` under a workdir, a checkpoints dir or a step dir."""
+  path = epath.Path(path)
+  if (path / "state").exists():
+    return path / "state"
+  if (path / "checkpoints").exists():
+    path = path / "checkpoints"
+  steps = [int(p.name) for p in path.iterdir() if re.fullmatch(r"\d+", p.name)
+           ] if path.exists() else []
+  if not steps:
+    raise FileNotFoundError(f"config.init_from={os.fspath(path)!r}: no "
+                            "checkpoint found there")
+  return path / str(max(steps)) / "state"
+
+
+def load_weights(path, abstract_weights):
+  """Restores only the given subtrees (e.g. {"params": ...}) of a checkpoint.
+
+  Args:
+    path: a workdir, its `checkpoints/` directory or one `<step>` directory;
+      the latest step is used.
+    abstract_weights: dict of the state fields to read ("params", optionally
+      "ema_params"), as trees of sharded `jax.ShapeDtypeStruct`.
+
+  Returns:
+    The restored dict, placed with the target's shardings.
+  """
+  state_dir = _latest_state_dir(path)
+  logging.info("Loading weights %s from %s", list(abstract_weights), state_dir)
+  return ocp.PyTreeCheckpointer().restore(
+      state_dir,
+      args=ocp.args.PyTreeRestore(
+          item=abstract_weights,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(
+              abstract_weights),
+          partial_restore=True))

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Creates .venv (if missing) and installs the project at the pinned versions of
+# requirements.lock. Idempotent: skips pip when pyproject.toml,
+# requirements.lock and the extras asked for are unchanged since the last run.
+#
+#   bash scripts/install.sh          # the package
+#   bash scripts/install.sh test     # the package + test extras
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras="${1:-}"
+python="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "[install] creating .venv with $($python --version 2>&1)"
+  "$python" -m venv .venv
+fi
+
+stamp=".venv/.efficient-installed"
+want="$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)-${extras}"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  echo "[install] .venv is up to date"
+  exit 0
+fi
+
+spec="."
+[ -n "$extras" ] && spec=".[${extras}]"
+echo "[install] pip install -e '$spec' (pinned by requirements.lock)"
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -c requirements.lock -e "$spec"
+echo "$want" > "$stamp"

@@ -1,0 +1,73 @@
+"""Softmax attention against a hand-written reference; the encoder honours padding."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from efficient.attention import encoder
+from efficient.attention import get_attention
+from efficient.attention import softmax
+
+
+def _reference(q, k, v, mask):
+  scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+  scores = np.where(mask[:, None, None, :], scores, -np.inf)
+  weights = np.exp(scores - scores.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  return np.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def test_softmax_matches_reference_with_padding():
+  rng = np.random.default_rng(0)
+  q, k, v = (rng.normal(size=(2, 7, 3, 8)).astype(np.float32)
+             for _ in range(3))
+  mask = np.ones((2, 7), bool)
+  mask[1, 4:] = False
+  out = softmax.softmax_attention(q, k, v, mask=jnp.asarray(mask))
+  np.testing.assert_allclose(out, _reference(q, k, v, mask), atol=1e-5,
+                             rtol=1e-5)
+  assert get_attention("softmax") is softmax.softmax_attention
+
+
+def test_padded_keys_never_change_outputs():
+  rng = np.random.default_rng(1)
+  q, k, v = (rng.normal(size=(1, 6, 2, 4)).astype(np.float32)
+             for _ in range(3))
+  mask = np.array([[True] * 4 + [False] * 2])
+  k2, v2 = k.copy(), v.copy()
+  k2[:, 4:] = rng.normal(size=k2[:, 4:].shape) * 100
+  v2[:, 4:] = rng.normal(size=v2[:, 4:].shape) * 100
+  a = softmax.softmax_attention(q, k, v, mask=mask)
+  b = softmax.softmax_attention(q, k2, v2, mask=mask)
+  np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_encoder_logits_do_not_depend_on_padding_length():
+  model = encoder.EncoderClassifier(vocab_size=16, num_classes=10,
+                                    max_length=32, dropout=0.0)
+  tokens = np.array([[3, 7, 9, 15, 2, 8, 15, 4, 15]], np.int32)
+  short = np.pad(tokens, ((0, 0), (0, 3)))
+  long = np.pad(tokens, ((0, 0), (0, 23)))
+  params = model.init(jax.random.PRNGKey(0), long)["params"]
+  a = model.apply({"params": params}, short)
+  b = model.apply({"params": params}, long)
+  np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+  assert a.shape == (1, 10)
+
+
+def test_encoder_bf16_compute_keeps_fp32_params():
+  model = encoder.EncoderClassifier(vocab_size=16, num_classes=10,
+                                    max_length=16, dtype=jnp.bfloat16)
+  tokens = jnp.ones((2, 16), jnp.int32)
+  params = model.init(jax.random.PRNGKey(0), tokens)["params"]
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  logits = model.apply(params and {"params": params}, tokens)
+  assert logits.dtype == jnp.float32 and np.isfinite(logits).all()
+
+
+def test_unknown_attention_name_raises():
+  try:
+    get_attention("nope")
+  except ValueError as e:
+    assert "softmax" in str(e)
+  else:
+    raise AssertionError("no error for an unknown attention name")

@@ -1,0 +1,49 @@
+"""Test set-up: 8 fake CPU devices, quick compiles, shared smoke data.
+
+The environment is set before jax is imported anywhere, so every test sees
+`jax.device_count() == 8` (meshes and sharding are exercised on CPU).
+Subprocess tests get the same variables through `subprocess_env()`.
+"""
+import os
+import pathlib
+import subprocess
+import sys
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+jax.config.update("jax_disable_most_optimizations", True)
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def subprocess_env(devices=8, **extra):
+  """Environment for running project code in a child process."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = os.pathsep.join(
+      [str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
+  env.update({k: str(v) for k, v in extra.items()})
+  return env
+
+
+def run_module(module, *args, devices=8, timeout=300, **env):
+  """Runs `python -m module args...` from the repo root; returns the result."""
+  return subprocess.run(
+      [sys.executable, "-m", module, *map(str, args)], cwd=REPO,
+      env=subprocess_env(devices, **env), capture_output=True, text=True,
+      timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="session")
+def listops_data_dir(tmp_path_factory):
+  """A TFDS data dir holding listops/smoke, built once per test session."""
+  from efficient.data import listops  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path_factory.mktemp("tfds")
+  listops.build("smoke", data_dir=str(data_dir))
+  return str(data_dir)
