@@ -54,8 +54,19 @@ def _parse_flags(argv):
     _fail(_one_line(e, argv), 2)
 
 
+class _QuietLibraries:
+  """Drops INFO lines of orbax/tfds/jax (one per save); warnings still show."""
+  NOISY = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/", "/etils/")
+
+  def filter(self, record):
+    import logging as std_logging  # pylint: disable=g-import-not-at-top
+    return (record.levelno >= std_logging.WARNING
+            or not any(n in record.pathname for n in self.NOISY))
+
+
 def main(argv):
   del argv
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   # pylint: disable=g-import-not-at-top
   from efficient.train import sharding
   from efficient.train import trainer
