@@ -2,8 +2,9 @@ r"""ListOps (LRA) with the Nyströmformer/YOSO/MRA harness; the arg picks attent
 
 The default reproduces that harness (mlpen/Nystromformer `LRA/code/
 lra_config.py`): ListOps as LRA generates it (lengths 500-2000, padded to
-2048), a 2-layer width-64 pre-norm encoder, batch 32, AdamW lr 1e-4 with 1000
-warm-up steps then linear decay, 5000 steps.
+2048), a 2-layer width-64 pre-norm encoder, batch 32, AdamW (eps 1e-6, no
+weight decay) under PyTorch's OneCycleLR (peak 1e-4 at step 1000, linear),
+5000 steps.
 
   python -m experiments.train --config=configs/listops.py:softmax \
       --workdir=runs/listops_softmax
@@ -81,12 +82,14 @@ def get_config(arg=None):
       mlp_dim=128,
       head_hidden_dim=128,
       dropout=0.1,
+      attention_dropout=0.1,    # On attention probabilities (softmax only).
       attention=arg.attention,
       attention_kwargs={},
+      pooling="mean",           # "mean_padded": the original's (see encoder).
   )
   c.optimizer = dict(
       name="adamw", lr=lr, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.0,
-      schedule="linear", warmup_steps=warmup, end_lr_factor=0.0,
+      schedule="onecycle", warmup_steps=warmup, end_lr_factor=0.0,
       grad_clip=0.0, no_decay=(r".*bias", r".*scale", r".*embed.*"))
 
   if arg.smoke:

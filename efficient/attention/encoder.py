@@ -9,30 +9,64 @@ calls the attention function picked by name from `efficient.attention`, with
 the key-padding mask, so attention methods are swapped without touching the
 model. Token id 0 is padding.
 
+Matches the original in detail: embeddings N(0, 0.02); Linear layers with
+PyTorch's default init (weights and biases U(±1/sqrt(fan_in))); LayerNorm eps
+1e-5; exact GELU; dropout 0.1 after the embeddings, on the attention and MLP
+outputs and (softmax only) on the attention probabilities; the head is
+Linear(64, 128) → ReLU → Linear(128, classes).
+
+One deliberate difference: the original pools with `mean` over all padded
+positions (padding zeroed), i.e. it divides by the padded length, so logits
+change with the amount of padding. We divide by the number of real tokens
+(`pooling="mean"`); `pooling="mean_padded"` reproduces the original.
+
 Parameters carry logical axis names for `efficient.train.sharding`.
 """
+import math
 from typing import Any, Mapping
 
 import flax
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from efficient import attention as attention_lib
 
-_init = nn.initializers.normal(stddev=0.02)
+_embed_init = nn.initializers.normal(stddev=0.02)
 
 
-def _dense(features, axes, name, dtype):
-  return nn.Dense(
-      features, dtype=dtype, name=name,
-      kernel_init=nn.with_logical_partitioning(_init, axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
-                                             axes[-1:]))
+def _torch_kernel_init(in_axis=-2, out_axis=-1):
+  """torch.nn.Linear's default: kaiming_uniform(a=sqrt(5)) = U(±1/sqrt(fan_in))."""
+  return nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform",
+                                          in_axis=in_axis, out_axis=out_axis)
+
+
+def _torch_bias_init(fan_in):
+  bound = 1.0 / fan_in**0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+      key, shape, dtype, -bound, bound)
+
+
+class _Dense(nn.Module):
+  """nn.Dense with torch's default init and logical axis names."""
+  features: int
+  axes: tuple
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x):
+    fan_in = x.shape[-1]
+    kernel = self.param("kernel", nn.with_logical_partitioning(
+        _torch_kernel_init(), self.axes), (fan_in, self.features))
+    bias = self.param("bias", nn.with_logical_partitioning(
+        _torch_bias_init(fan_in), self.axes[-1:]), (self.features,))
+    return x.astype(self.dtype) @ kernel.astype(self.dtype) + bias.astype(
+        self.dtype)
 
 
 def _layer_norm(name, dtype):
   return nn.LayerNorm(
-      dtype=dtype, name=name,
+      epsilon=1e-5, dtype=dtype, name=name,  # torch's default eps.
       scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(),
                                               ("embed",)),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
@@ -45,30 +79,38 @@ class SelfAttention(nn.Module):
   head_dim: int
   attention: str = "softmax"
   attention_kwargs: Mapping[str, Any] = flax.core.FrozenDict()
+  attention_dropout: float = 0.0
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask):
+  def __call__(self, x, mask, train=False):
     width, shape = x.shape[-1], (self.num_heads, self.head_dim)
 
-    def project(name, kernel_shape, kernel_axes, bias_shape, bias_axes, spec,
+    def project(name, kernel_shape, kernel_axes, in_axis, out_axis, spec,
                 inputs):
       # 3-D kernels as plain params: DenseGeneral reshapes a 2-D init, which
       # breaks the 3-D logical sharding annotation under a mesh.
+      fan_in = math.prod(kernel_shape[a] for a in in_axis)
       kernel = self.param(f"{name}_kernel", nn.with_logical_partitioning(
-          _init, kernel_axes), kernel_shape)
+          _torch_kernel_init(in_axis, out_axis), kernel_axes), kernel_shape)
+      bias_shape = tuple(kernel_shape[a] for a in out_axis)
       bias = self.param(f"{name}_bias", nn.with_logical_partitioning(
-          nn.initializers.zeros_init(), bias_axes), bias_shape)
+          _torch_bias_init(fan_in), tuple(kernel_axes[a] for a in out_axis)),
+                        bias_shape)
       return (jnp.einsum(spec, inputs.astype(self.dtype),
                          kernel.astype(self.dtype)) + bias.astype(self.dtype))
 
-    q, k, v = (project(n, (width,) + shape, ("embed", "heads", "kv"), shape,
-                       ("heads", "kv"), "bld,dhk->blhk", x)
+    q, k, v = (project(n, (width,) + shape, ("embed", "heads", "kv"), (0,),
+                       (1, 2), "bld,dhk->blhk", x)
                for n in ("query", "key", "value"))
+    kwargs = dict(self.attention_kwargs)
+    if train and self.attention_dropout > 0:
+      kwargs.update(dropout_rate=self.attention_dropout,
+                    dropout_rng=self.make_rng("dropout"))
     fn = attention_lib.get_attention(self.attention)
-    out = fn(q, k, v, mask=mask, **self.attention_kwargs)
-    return project("out", shape + (width,), ("heads", "kv", "embed"), (width,),
-                   ("embed",), "blhk,hkd->bld", out)
+    out = fn(q, k, v, mask=mask, **kwargs)
+    return project("out", shape + (width,), ("heads", "kv", "embed"), (0, 1),
+                   (2,), "blhk,hkd->bld", out)
 
 
 class EncoderBlock(nn.Module):
@@ -79,6 +121,7 @@ class EncoderBlock(nn.Module):
   dropout: float
   attention: str
   attention_kwargs: Mapping[str, Any]
+  attention_dropout: float
   dtype: Any
 
   @nn.compact
@@ -86,13 +129,13 @@ class EncoderBlock(nn.Module):
     drop = nn.Dropout(self.dropout, deterministic=not train)
     y = _layer_norm("ln_attention", self.dtype)(x)
     y = SelfAttention(self.num_heads, self.head_dim, self.attention,
-                      self.attention_kwargs, self.dtype, name="attention")(y,
-                                                                           mask)
+                      self.attention_kwargs, self.attention_dropout,
+                      self.dtype, name="attention")(y, mask, train)
     x = x + drop(y)
     y = _layer_norm("ln_mlp", self.dtype)(x)
-    y = _dense(self.mlp_dim, ("embed", "mlp"), "mlp_in", self.dtype)(y)
+    y = _Dense(self.mlp_dim, ("embed", "mlp"), self.dtype, name="mlp_in")(y)
     y = drop(nn.gelu(y, approximate=False))
-    y = _dense(x.shape[-1], ("mlp", "embed"), "mlp_out", self.dtype)(y)
+    y = _Dense(x.shape[-1], ("mlp", "embed"), self.dtype, name="mlp_out")(y)
     x = x + drop(y)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
@@ -114,18 +157,23 @@ class EncoderClassifier(nn.Module):
   mlp_dim: int = 128
   head_hidden_dim: int = 128
   dropout: float = 0.1
+  attention_dropout: float = 0.1
   attention: str = "softmax"
   attention_kwargs: Mapping[str, Any] = flax.core.FrozenDict()
+  pooling: str = "mean"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, tokens, train=False):
+    if self.pooling not in ("mean", "mean_padded"):
+      raise ValueError(f"pooling={self.pooling!r}: 'mean' or 'mean_padded'")
     mask = tokens != 0
     embed = nn.Embed(
         self.vocab_size, self.width, dtype=self.dtype, name="token_embed",
-        embedding_init=nn.with_logical_partitioning(_init, ("vocab", "embed")))
+        embedding_init=nn.with_logical_partitioning(_embed_init,
+                                                    ("vocab", "embed")))
     positions = self.param(
-        "position_embed", nn.with_logical_partitioning(_init,
+        "position_embed", nn.with_logical_partitioning(_embed_init,
                                                        ("length", "embed")),
         (self.max_length, self.width))
     x = embed(tokens) + positions[None, :tokens.shape[1]].astype(self.dtype)
@@ -134,14 +182,16 @@ class EncoderClassifier(nn.Module):
     for i in range(self.depth):
       x = EncoderBlock(self.num_heads, self.head_dim, self.mlp_dim,
                        self.dropout, self.attention,
-                       flax.core.FrozenDict(self.attention_kwargs), self.dtype,
+                       flax.core.FrozenDict(self.attention_kwargs),
+                       self.attention_dropout, self.dtype,
                        name=f"block_{i}")(x, mask, train)
     x = _layer_norm("ln_final", self.dtype)(x)
-    # Masked mean pooling: padded positions neither count nor contribute.
+    # Mean over real tokens ("mean") or over the padded length as the
+    # original does ("mean_padded"); padded positions never contribute.
     weights = mask[..., None].astype(x.dtype)
-    pooled = (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1)
-    h = nn.relu(_dense(self.head_hidden_dim, ("embed", "mlp"), "head_hidden",
-                       self.dtype)(pooled))
-    logits = _dense(self.num_classes, ("mlp", "classes"), "head_out",
-                    self.dtype)(h)
+    count = (jnp.maximum(weights.sum(1), 1) if self.pooling == "mean" else
+             tokens.shape[1])
+    pooled = (x * weights).sum(1) / count
+    h = nn.relu(_Dense(self.head_hidden_dim, ("embed", "mlp"), self.dtype, name="head_hidden")(pooled))
+    logits = _Dense(self.num_classes, ("mlp", "classes"), self.dtype, name="head_out")(h)
     return logits.astype(jnp.float32)

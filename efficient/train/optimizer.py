@@ -2,12 +2,20 @@
 
   config.optimizer = dict(
       name="adamw", lr=1e-4, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.0,
-      schedule="linear",      # after warm-up: "linear" | "cosine" | "constant"
-      warmup_steps=1000,      # linear 0 -> lr
+      schedule="onecycle",    # "onecycle" | "linear" | "cosine" | "constant"
+      warmup_steps=1000,      # linear 0 -> lr ("onecycle": lr/25 -> lr)
       end_lr_factor=0.0,      # lr at the last step, as a fraction of lr
+                              # (not used by "onecycle")
       grad_clip=0.0,          # global-norm clipping; 0 disables
       no_decay=(r".*bias$", r".*scale$", r".*embed.*"),  # regexes on paths
   )
+
+"onecycle" is PyTorch's `OneCycleLR(max_lr=lr, pct_start=warmup/total,
+anneal_strategy="linear")` with its defaults, which the Nyströmformer/YOSO/MRA
+LRA harness uses (mlpen/Nystromformer `LRA/code/run_tasks.py`): lr rises
+linearly from lr/25 to lr at step warmup-1, then falls linearly to
+lr/25/1e4 at the last step; and, as `cycle_momentum=True` does for Adam, β1
+moves the other way, 0.95 -> 0.85 -> 0.95 (`b1` is then unused).
 
 Weight decay applies to every parameter whose "/"-joined path matches none of
 `no_decay` (biases, norm scales and embeddings by default).
@@ -15,12 +23,38 @@ Weight decay applies to every parameter whose "/"-joined path matches none of
 import re
 
 import jax
+import jax.numpy as jnp
 import optax
 
 
+def _two_phase(start, peak, end, peak_step, last_step):
+  """Piecewise linear start -> peak (at peak_step) -> end (at last_step)."""
+  def schedule(count):
+    count = jnp.asarray(count, jnp.float32)
+    # (1 - p) a + p b is exact at both ends, even in float32.
+    p_up = jnp.clip(count / max(peak_step, 1), 0.0, 1.0)
+    p_down = jnp.clip((count - peak_step) / max(last_step - peak_step, 1),
+                      0.0, 1.0)
+    up = (1 - p_up) * start + p_up * peak
+    down = (1 - p_down) * peak + p_down * end
+    return jnp.where(count <= peak_step, up, down)
+  return schedule
+
+
+def make_b1_schedule(cfg, total_steps):
+  """β1 for Adam: cycled inversely to lr by "onecycle", else constant b1."""
+  if cfg.schedule == "onecycle":
+    return _two_phase(0.95, 0.85, 0.95, int(cfg.warmup_steps) - 1,
+                      total_steps - 1)
+  return cfg.b1
+
+
 def make_schedule(cfg, total_steps):
-  """Linear warm-up to `lr`, then linear/cosine decay or constant."""
+  """The learning rate per step (optax count = number of completed steps)."""
   lr, warmup = cfg.lr, int(cfg.warmup_steps)
+  if cfg.schedule == "onecycle":
+    initial = lr / 25.0
+    return _two_phase(initial, lr, initial / 1e4, warmup - 1, total_steps - 1)
   end = cfg.lr * cfg.end_lr_factor
   decay_steps = max(total_steps - warmup, 1)
   if cfg.schedule == "cosine":
@@ -31,7 +65,7 @@ def make_schedule(cfg, total_steps):
     after = optax.constant_schedule(lr)
   else:
     raise ValueError(f"config.optimizer.schedule={cfg.schedule!r} is not one "
-                     "of 'linear', 'cosine', 'constant'")
+                     "of 'onecycle', 'linear', 'cosine', 'constant'")
   if warmup <= 0:
     return after
   return optax.join_schedules(
@@ -59,8 +93,10 @@ def make_optimizer(cfg, total_steps):
   parts = []
   if cfg.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(cfg.grad_clip))
-  parts.append(optax.adamw(
-      schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-      weight_decay=cfg.weight_decay,
+  # inject_hyperparams evaluates schedules (lr, and β1 for onecycle) per step.
+  adamw = optax.inject_hyperparams(optax.adamw, static_args=("mask",))
+  parts.append(adamw(
+      learning_rate=schedule, b1=make_b1_schedule(cfg, total_steps),
+      b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
       mask=lambda p: decay_mask(p, cfg.no_decay)))
   return optax.chain(*parts), schedule

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from efficient.attention import encoder
+from flax.linen import unbox as nn_unbox
 from efficient.attention import get_attention
 from efficient.attention import softmax
 
@@ -71,3 +72,54 @@ def test_unknown_attention_name_raises():
     assert "softmax" in str(e)
   else:
     raise AssertionError("no error for an unknown attention name")
+
+
+def test_attention_dropout_is_unbiased_and_off_at_eval():
+  rng = np.random.default_rng(2)
+  q, k, v = (jnp.asarray(rng.normal(size=(1, 5, 1, 4)), jnp.float32)
+             for _ in range(3))
+  exact = softmax.softmax_attention(q, k, v)
+  draws = jnp.stack([
+      softmax.softmax_attention(q, k, v, dropout_rate=0.5,
+                                dropout_rng=jax.random.PRNGKey(i))
+      for i in range(2000)])
+  # Inverted dropout: the average over masks is the exact output.
+  np.testing.assert_allclose(draws.mean(0), exact, atol=0.06)
+  assert float(jnp.abs(draws[0] - exact).max()) > 1e-3
+  causal = softmax.softmax_attention(q, k, v, causal=True)
+  np.testing.assert_allclose(causal[:, 0], v[:, 0], atol=1e-6)
+
+
+def test_linear_init_matches_torch_default_bounds():
+  model = encoder.EncoderClassifier(vocab_size=16, num_classes=10,
+                                    max_length=8)
+  params = nn_unbox(model.init(jax.random.PRNGKey(0),
+                               jnp.ones((1, 8), jnp.int32))["params"])
+  kernel = params["block_0"]["mlp_in"]["kernel"]      # fan_in 64
+  out = params["block_0"]["attention"]["out_kernel"]  # fan_in 2 * 32
+  for w in (kernel, out, params["block_0"]["mlp_in"]["bias"]):
+    assert float(jnp.abs(w).max()) <= 1 / 8 + 1e-6
+    assert float(jnp.abs(w).max()) > 0.9 / 8  # Uniform, filling the range.
+  mlp_out = params["block_0"]["mlp_out"]["kernel"]    # fan_in 128
+  assert float(jnp.abs(mlp_out).max()) <= 1 / 128**0.5 + 1e-6
+
+
+def test_mean_padded_pooling_reproduces_the_original_scaling():
+  kwargs = dict(vocab_size=16, num_classes=10, max_length=16, dropout=0.0,
+                attention_dropout=0.0)
+  tokens = jnp.asarray(np.pad([[3, 7, 9, 15]], ((0, 0), (0, 12))), jnp.int32)
+  ours = encoder.EncoderClassifier(**kwargs)
+  original = encoder.EncoderClassifier(pooling="mean_padded", **kwargs)
+  params = ours.init(jax.random.PRNGKey(0), tokens)
+  pooled = {}
+  for name, model in (("ours", ours), ("original", original)):
+    _, state = model.apply(params, tokens, capture_intermediates=True,
+                           mutable=["intermediates"])
+    pooled[name] = state["intermediates"]["head_hidden"]["__call__"][0]
+  # head_hidden is affine in the pooled vector: compare through its kernel.
+  kernel = nn_unbox(params["params"])["head_hidden"]["kernel"]
+  bias = nn_unbox(params["params"])["head_hidden"]["bias"]
+  solve = lambda h: np.linalg.lstsq(np.asarray(kernel).T,
+                                    np.asarray(h - bias)[0], rcond=None)[0]
+  np.testing.assert_allclose(solve(pooled["original"]),
+                             solve(pooled["ours"]) * 4 / 16, atol=1e-4)

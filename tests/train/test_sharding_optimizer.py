@@ -66,6 +66,33 @@ def test_schedule_warms_up_then_decays(kind):
     np.testing.assert_allclose(fn(60), 0.1 + 0.9 * 0.5, rtol=1e-5)
 
 
+def test_onecycle_matches_pytorch_onecyclelr_formula():
+  # torch OneCycleLR(max_lr=1, total_steps=110, pct_start=10/110,
+  # anneal_strategy="linear"): phase ends at steps 9 and 109.
+  cfg = _opt_cfg(schedule="onecycle")
+  lr = optimizer.make_schedule(cfg, 110)
+  b1 = optimizer.make_b1_schedule(cfg, 110)
+  initial, final = 1 / 25, 1 / 25 / 1e4
+  for step, want_lr, want_b1 in [
+      (0, initial, 0.95), (9, 1.0, 0.85), (109, final, 0.95),
+      (4, initial + (1 - initial) * 4 / 9, 0.95 - 0.1 * 4 / 9),
+      (59, 1 + (final - 1) * 50 / 100, 0.85 + 0.1 * 50 / 100)]:
+    np.testing.assert_allclose(lr(step), want_lr, rtol=1e-5)
+    np.testing.assert_allclose(b1(step), want_b1, rtol=1e-5)
+
+
+def test_onecycle_optimizer_applies_the_scheduled_beta1():
+  cfg = _opt_cfg(schedule="onecycle", grad_clip=0.0, weight_decay=0.0)
+  tx, _ = optimizer.make_optimizer(cfg, 110)
+  params = {"w": jnp.zeros(2)}
+  state = tx.init(params)
+  grads = {"w": jnp.array([1.0, -2.0])}
+  _, state = tx.update(grads, state, params)
+  hyper = state[-1].hyperparams
+  np.testing.assert_allclose(hyper["b1"], 0.95, rtol=1e-6)
+  np.testing.assert_allclose(hyper["learning_rate"], 1 / 25, rtol=1e-6)
+
+
 def test_decay_mask_skips_bias_and_scale_even_when_boxed():
   model = encoder.EncoderClassifier(vocab_size=16, num_classes=10,
                                     max_length=8)
