@@ -2,7 +2,7 @@
 # The default experiment: installs into .venv (created if missing), builds the
 # quick ListOps data on first use, trains the LRA-harness Transformer with
 # softmax attention (~6 min on 2 CPU cores), evaluates on the test split and
-# prints the results table. Re-running resumes (or, once finished, just
+# prints the results table (curves in $WORKDIR/curves.png). Re-running resumes (or, once finished, just
 # re-evaluates and prints the table).
 #
 #   bash scripts/quickstart.sh [extra --config.key=value flags]
@@ -15,4 +15,5 @@ workdir="${WORKDIR:-runs/quickstart}"
 .venv/bin/python -m experiments.train \
   --config=configs/listops.py:softmax,variant=quick \
   --workdir="$workdir" "$@"
+.venv/bin/python scripts/plot_metrics.py "$workdir"
 .venv/bin/python scripts/results_table.py "$workdir/results.json"

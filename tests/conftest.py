@@ -32,10 +32,10 @@ def subprocess_env(devices=8, **extra):
   return env
 
 
-def run_module(module, *args, devices=8, timeout=300, **env):
-  """Runs `python -m module args...` from the repo root; returns the result."""
+def run_module(module, *args, devices=8, timeout=300, cwd=REPO, **env):
+  """Runs `python -m module args...` (from the repo root); returns the result."""
   return subprocess.run(
-      [sys.executable, "-m", module, *map(str, args)], cwd=REPO,
+      [sys.executable, "-m", module, *map(str, args)], cwd=cwd,
       env=subprocess_env(devices, **env), capture_output=True, text=True,
       timeout=timeout, check=False)
 

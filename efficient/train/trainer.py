@@ -137,6 +137,9 @@ def train_and_evaluate(config, workdir):
   """
   wall_start = time.time()
   # ---------------------------------------------------------------- Set-up
+  workdir = os.fspath(workdir)
+  if "://" not in workdir:  # Orbax needs absolute paths (gs://... are).
+    workdir = os.path.abspath(workdir)
   mesh = _validate(config)
   builder = pipeline.load_builder(config.data)
   logging.info("process %d/%d, %d local / %d global devices (%s), mesh %s",

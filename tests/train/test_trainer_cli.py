@@ -100,6 +100,17 @@ def test_cli_writes_contract_files_and_resumes(base_run, listops_data_dir,
       "test/accuracy"] == results["test/accuracy"]
 
 
+def test_relative_workdir(listops_data_dir, tmp_path):
+  config = conftest.REPO / "configs" / "listops.py"
+  result = conftest.run_module(
+      "experiments.train", f"--config={config}:softmax,smoke",
+      "--workdir=runs/relative", devices=1, cwd=tmp_path,
+      TFDS_DATA_DIR=listops_data_dir)
+  _ok(result)
+  assert _steps(tmp_path / "runs/relative") == [1, 2]
+  assert (tmp_path / "runs/relative/results.json").exists()
+
+
 def test_checkpoint_from_8_devices_restores_on_1(base_run, listops_data_dir,
                                                  tmp_path):
   workdir = _copy(base_run, tmp_path)
