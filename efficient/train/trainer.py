@@ -296,7 +296,10 @@ def _run(config, workdir, mesh, builder, wall_start):
       is_log = step % config.log_every == 0 or step == total_steps
       is_ckpt = (step % config.checkpoint_every == 0 or step == total_steps
                  or stopping)
-      if is_log or is_ckpt:
+      is_eval = (config.eval_every and step % config.eval_every == 0
+                 and step != total_steps and not stopping)
+      if is_log or is_ckpt or is_eval:
+        # The one host sync: timing, the finiteness check, logs, saves, evals.
         host = jax.device_get(step_metrics)
         train_time += time.time() - tick
         _check_finite(host, step, ckpt)
@@ -307,8 +310,7 @@ def _run(config, workdir, mesh, builder, wall_start):
                           steps_per_sec=f"{host['steps_per_sec']:.2f}")
         if is_ckpt:
           ckpt.save(step, state, train_iter, config)
-        if (config.eval_every and step % config.eval_every == 0
-            and step != total_steps and not stopping):
+        if is_eval:
           eval_start = time.time()
           writer.write(step, evaluate(config.eval_splits, state))
           eval_time += time.time() - eval_start

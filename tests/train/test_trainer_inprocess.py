@@ -51,3 +51,15 @@ def test_ema_bf16_cosine_clip_run_and_ema_follows_its_formula(
   assert any(not np.array_equal(ema3[n], params3[n]) for n in params3)
   # Gradients are clipped before the update: logged norms are pre-clip.
   assert all(r["train/lr"] >= 0 for r in records if "train/lr" in r)
+
+
+def test_eval_runs_on_its_own_schedule(listops_data_dir, tmp_path):
+  config = listops_config.get_config("softmax,smoke")
+  config.data.data_dir = listops_data_dir
+  config.total_steps = 5
+  config.eval_every = 2  # Neither a log step nor a checkpoint step.
+  config.log_every = config.checkpoint_every = 5
+  trainer.train_and_evaluate(config, str(tmp_path))
+  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").open()]
+  # Steps 2 and 4 from eval_every, 5 from the final evaluation.
+  assert [r["step"] for r in records if "validation/accuracy" in r] == [2, 4, 5]
