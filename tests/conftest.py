@@ -40,6 +40,18 @@ def run_module(module, *args, devices=8, timeout=300, cwd=REPO, **env):
       timeout=timeout, check=False)
 
 
+def flatten(tree, prefix=""):
+  """Nested dict -> {"a/b/c": numpy array} (for comparing checkpoints)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f"{prefix}{key}/"))
+    else:
+      out[prefix + key] = np.asarray(value)
+  return out
+
+
 @pytest.fixture(scope="session")
 def listops_data_dir(tmp_path_factory):
   """A TFDS data dir holding listops/smoke, built once per test session."""

@@ -42,17 +42,7 @@ def _steps(workdir):
 def _params(workdir, step):
   tree = ocp.PyTreeCheckpointer().restore(
       pathlib.Path(workdir) / "checkpoints" / str(step) / "state")
-  return {k: np.asarray(v) for k, v in _flatten(tree["params"]).items()}
-
-
-def _flatten(tree, prefix=""):
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}/"))
-    else:
-      out[prefix + key] = value
-  return out
+  return conftest.flatten(tree["params"])
 
 
 def _snapshot(directory):

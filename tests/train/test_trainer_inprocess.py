@@ -6,20 +6,11 @@ import orbax.checkpoint as ocp
 
 from configs import listops as listops_config
 from efficient.train import trainer
+from tests import conftest
 
 
 def _tree(path):
   return ocp.PyTreeCheckpointer().restore(path)
-
-
-def _leaves(tree, prefix=""):
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_leaves(value, f"{prefix}{key}/"))
-    else:
-      out[prefix + key] = np.asarray(value)
-  return out
 
 
 def test_ema_bf16_cosine_clip_run_and_ema_follows_its_formula(
@@ -41,8 +32,8 @@ def test_ema_bf16_cosine_clip_run_and_ema_follows_its_formula(
   # EMA_t = d * EMA_{t-1} + (1 - d) * params_t, checked between checkpoints.
   s2 = _tree(tmp_path / "checkpoints/2/state")
   s3 = _tree(tmp_path / "checkpoints/3/state")
-  ema2, ema3 = _leaves(s2["ema_params"]), _leaves(s3["ema_params"])
-  params3 = _leaves(s3["params"])
+  ema2, ema3 = conftest.flatten(s2["ema_params"]), conftest.flatten(s3["ema_params"])
+  params3 = conftest.flatten(s3["params"])
   for name in params3:
     assert params3[name].dtype == np.float32  # fp32 params under bf16 compute.
     np.testing.assert_allclose(ema3[name],
