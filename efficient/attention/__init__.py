@@ -8,7 +8,7 @@ mask (True = real token). `get_attention(name)` finds one by name.
 """
 import importlib
 
-METHODS = ("softmax",)
+METHODS = ("softmax", "nystrom")
 
 
 def get_attention(name):

@@ -73,6 +73,34 @@ def _layer_norm(name, dtype):
                                              ("embed",)))
 
 
+class ValueConv(nn.Module):
+  """Depthwise conv over length, one filter per head shared by head_dim.
+
+  The original's `Conv2d(heads, heads, (k, 1), groups=heads, bias=False)` on
+  V·mask (mlpen/Nystromformer `attention_nystrom.py`), added to the attention
+  output; torch's default init U(±1/sqrt(k)).
+  """
+  size: int
+
+  @nn.compact
+  def __call__(self, v, mask):
+    if self.size % 2 == 0:
+      raise ValueError(f"value_conv_size={self.size} must be odd (a centred "
+                       "filter)")
+    batch, length, heads, head_dim = v.shape
+    kernel = self.param("kernel", nn.with_logical_partitioning(
+        _torch_bias_init(self.size), ("conv", "heads")), (self.size, heads))
+    v = v * mask[:, :, None, None].astype(v.dtype)
+    # [batch, length, heads, dim] -> [batch*dim, length, heads]: heads are the
+    # channels, each convolved by its own filter (feature groups).
+    x = jnp.moveaxis(v, 3, 1).reshape(batch * head_dim, length, heads)
+    y = jax.lax.conv_general_dilated(
+        x, kernel[:, None, :].astype(v.dtype), window_strides=(1,),
+        padding=[(self.size // 2, self.size // 2)],
+        dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=heads)
+    return jnp.moveaxis(y.reshape(batch, head_dim, length, heads), 1, 3)
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention whose core is `efficient.attention.<name>`."""
   num_heads: int
@@ -80,6 +108,7 @@ class SelfAttention(nn.Module):
   attention: str = "softmax"
   attention_kwargs: Mapping[str, Any] = flax.core.FrozenDict()
   attention_dropout: float = 0.0
+  value_conv_size: int = 0  # > 0: Nyströmformer's depthwise conv on V.
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -109,6 +138,8 @@ class SelfAttention(nn.Module):
                     dropout_rng=self.make_rng("dropout"))
     fn = attention_lib.get_attention(self.attention)
     out = fn(q, k, v, mask=mask, **kwargs)
+    if self.value_conv_size:
+      out = out + ValueConv(self.value_conv_size, name="value_conv")(v, mask)
     return project("out", shape + (width,), ("heads", "kv", "embed"), (0, 1),
                    (2,), "blhk,hkd->bld", out)
 
@@ -122,6 +153,7 @@ class EncoderBlock(nn.Module):
   attention: str
   attention_kwargs: Mapping[str, Any]
   attention_dropout: float
+  value_conv_size: int
   dtype: Any
 
   @nn.compact
@@ -130,7 +162,8 @@ class EncoderBlock(nn.Module):
     y = _layer_norm("ln_attention", self.dtype)(x)
     y = SelfAttention(self.num_heads, self.head_dim, self.attention,
                       self.attention_kwargs, self.attention_dropout,
-                      self.dtype, name="attention")(y, mask, train)
+                      self.value_conv_size, self.dtype,
+                      name="attention")(y, mask, train)
     x = x + drop(y)
     y = _layer_norm("ln_mlp", self.dtype)(x)
     y = _Dense(self.mlp_dim, ("embed", "mlp"), self.dtype, name="mlp_in")(y)
@@ -160,6 +193,7 @@ class EncoderClassifier(nn.Module):
   attention_dropout: float = 0.1
   attention: str = "softmax"
   attention_kwargs: Mapping[str, Any] = flax.core.FrozenDict()
+  value_conv_size: int = 0
   pooling: str = "mean"
   dtype: Any = jnp.float32
 
@@ -183,8 +217,8 @@ class EncoderClassifier(nn.Module):
       x = EncoderBlock(self.num_heads, self.head_dim, self.mlp_dim,
                        self.dropout, self.attention,
                        flax.core.FrozenDict(self.attention_kwargs),
-                       self.attention_dropout, self.dtype,
-                       name=f"block_{i}")(x, mask, train)
+                       self.attention_dropout, self.value_conv_size,
+                       self.dtype, name=f"block_{i}")(x, mask, train)
     x = _layer_norm("ln_final", self.dtype)(x)
     # Mean over real tokens ("mean") or over the padded length as the
     # original does ("mean_padded"); padded positions never contribute.

@@ -34,6 +34,7 @@ LOGICAL_RULES = (
     ("kv", None),
     ("length", None),
     ("classes", None),
+    ("conv", None),
 )
 
 BATCH_AXES = ("data", "fsdp")
