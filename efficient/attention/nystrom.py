@@ -64,6 +64,27 @@ def segment_means_matrix(length, num_landmarks):
   return matrix
 
 
+def segment_means(x, num_landmarks):
+  """Means of contiguous segments along axis -2 of `[..., n, d]`, in O(n·d).
+
+  The same segments as `segment_means_matrix` (short ones first), computed
+  with reshapes instead of an [m, n] matmul.
+  """
+  length = x.shape[-2]
+  segs = length // num_landmarks
+  num_short = (segs + 1) * num_landmarks - length
+  split = num_short * segs
+  parts = []
+  if num_short:
+    parts.append(x[..., :split, :].reshape(
+        *x.shape[:-2], num_short, segs, x.shape[-1]).mean(-2))
+  if num_landmarks - num_short:
+    parts.append(x[..., split:, :].reshape(
+        *x.shape[:-2], num_landmarks - num_short, segs + 1,
+        x.shape[-1]).mean(-2))
+  return jnp.concatenate(parts, axis=-2) if len(parts) > 1 else parts[0]
+
+
 def iterative_pinv(a, iterations=6, init="per_matrix"):
   """Razavi et al.'s iteration for A⁺ over the last two axes (Eq. 15).
 
@@ -127,13 +148,12 @@ def nystrom_attention(q, k, v, *, mask=None, num_landmarks=64,
     weights = jax.nn.softmax(q @ jnp.swapaxes(k, -1, -2) + key_bias, axis=-1)
     out = weights @ values
   else:
-    means = jnp.asarray(segment_means_matrix(length, num_landmarks))
-    out = landmark_attention(q, k, values, key_bias, means, pinv_iterations,
-                             pinv_init)
+    out = landmark_attention(q, k, values, key_bias, num_landmarks,
+                             pinv_iterations, pinv_init)
   return jnp.swapaxes(out, 1, 2).astype(v.dtype)
 
 
-def landmark_attention(q, k, v, key_bias, means, pinv_iterations=6,
+def landmark_attention(q, k, v, key_bias, landmarks, pinv_iterations=6,
                        pinv_init="per_matrix"):
   """Eq. 14 on `[batch, heads, length, dim]` inputs, given the landmark map.
 
@@ -142,13 +162,17 @@ def landmark_attention(q, k, v, key_bias, means, pinv_iterations=6,
     k: scaled, masked keys, same shape.
     v: values, same shape.
     key_bias: `[batch, 1, 1, n]` additive mask (0 or -1e9).
-    means: `[m, n]` landmark averaging matrix (the identity gives one token
-      per landmark, where the approximation is exact up to the pinv error).
+    landmarks: m, the number of segment means; or an `[m, n]` averaging
+      matrix (the identity gives one token per landmark, where the
+      approximation is exact up to the pinv error).
     pinv_iterations: steps of `iterative_pinv`.
     pinv_init: its initialisation.
   """
-  q_land = jnp.einsum("mn,bhnd->bhmd", means, q)
-  k_land = jnp.einsum("mn,bhnd->bhmd", means, k)
+  if isinstance(landmarks, int):
+    q_land, k_land = segment_means(q, landmarks), segment_means(k, landmarks)
+  else:
+    q_land = jnp.einsum("mn,bhnd->bhmd", landmarks, q)
+    k_land = jnp.einsum("mn,bhnd->bhmd", landmarks, k)
   kernel_1 = jax.nn.softmax(q @ jnp.swapaxes(k_land, -1, -2), axis=-1)
   kernel_2 = jax.nn.softmax(q_land @ jnp.swapaxes(k_land, -1, -2), axis=-1)
   kernel_3 = jax.nn.softmax(q_land @ jnp.swapaxes(k, -1, -2) + key_bias,

@@ -79,8 +79,13 @@ def test_matches_independent_reference(length, m, init):
 
 
 def test_segment_means_cover_every_token_once():
+  rng = np.random.default_rng(11)
   for n, m in [(24, 6), (26, 6), (100, 64), (2048, 64), (65, 64)]:
     means = nystrom.segment_means_matrix(n, m)
+    x = rng.normal(size=(2, n, 3)).astype(np.float32)
+    np.testing.assert_allclose(nystrom.segment_means(jnp.asarray(x), m),
+                               np.einsum("mn,bnd->bmd", means, x), rtol=1e-5,
+                               atol=1e-6)
     np.testing.assert_allclose(means.sum(1), 1.0, rtol=1e-6)
     covered = (means > 0).sum(0)
     assert (covered == 1).all()
