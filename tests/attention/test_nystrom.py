@@ -29,15 +29,11 @@ def _reference(q, k, v, mask, m, iters=6, init="per_matrix"):
   q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
   b, n, h, d = q.shape
   out = np.zeros_like(v)
-  sizes = np.diff(np.linspace(0, n, m + 1).round().astype(int))
-  if n % m == 0:
-    sizes = np.full(m, n // m)
-  else:  # Short segments first (T2T-ViT's layout).
-    segs = n // m
-    short = (segs + 1) * m - n
-    sizes = np.array([segs] * short + [segs + 1] * (m - short))
+  segs = n // m  # Short segments first (T2T-ViT's layout).
+  short = (segs + 1) * m - n
+  sizes = np.array([segs] * short + [segs + 1] * (m - short))
   bounds = np.concatenate([[0], np.cumsum(sizes)])
-  kernels_2 = []
+  heads = {}
   for bi in range(b):
     for hi in range(h):
       mu = mask[bi].astype(np.float64)
@@ -45,24 +41,18 @@ def _reference(q, k, v, mask, m, iters=6, init="per_matrix"):
       kk = k[bi, :, hi] * mu[:, None] / d**0.25
       ql = np.stack([qq[bounds[i]:bounds[i + 1]].mean(0) for i in range(m)])
       kl = np.stack([kk[bounds[i]:bounds[i + 1]].mean(0) for i in range(m)])
-      kernels_2.append(_softmax_np(ql @ kl.T))
-  scale_all = max(a.sum(0).max() for a in kernels_2)
-  for bi in range(b):
-    for hi in range(h):
-      mu = mask[bi].astype(np.float64)
-      qq = q[bi, :, hi] * mu[:, None] / d**0.25
-      kk = k[bi, :, hi] * mu[:, None] / d**0.25
-      ql = np.stack([qq[bounds[i]:bounds[i + 1]].mean(0) for i in range(m)])
-      kl = np.stack([kk[bounds[i]:bounds[i + 1]].mean(0) for i in range(m)])
-      f = _softmax_np(qq @ kl.T)
-      a = _softmax_np(ql @ kl.T)
-      bb = _softmax_np(ql @ kk.T - 1e9 * (1 - mu)[None])
-      z = a.T / (a.sum(0).max() if init == "per_matrix" else scale_all)
-      eye = np.eye(m)
-      for _ in range(iters):
-        az = a @ z
-        z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
-      out[bi, :, hi] = f @ z @ bb @ v[bi, :, hi]
+      heads[bi, hi] = (mu, qq, kk, ql, kl, _softmax_np(ql @ kl.T))
+  # The original init divides by one scalar over all examples and heads.
+  scale_all = max(a.sum(0).max() for *_, a in heads.values())
+  for (bi, hi), (mu, qq, kk, ql, kl, a) in heads.items():
+    f = _softmax_np(qq @ kl.T)
+    bb = _softmax_np(ql @ kk.T - 1e9 * (1 - mu)[None])
+    z = a.T / (a.sum(0).max() if init == "per_matrix" else scale_all)
+    eye = np.eye(m)
+    for _ in range(iters):
+      az = a @ z
+      z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
+    out[bi, :, hi] = f @ z @ bb @ v[bi, :, hi]
   return out
 
 
