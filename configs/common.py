@@ -69,3 +69,23 @@ def parse_arg(arg, lazy=False, **spec):
       continue
     parsed[key] = _convert(key, text, spec[key])
   return parsed
+
+
+# Attention settings of the Nyströmformer/YOSO/MRA LRA harness, per method:
+# (attention_kwargs, dropout on attention probabilities, depthwise conv on V).
+# Source: mlpen/Nystromformer LRA/code/lra_config.py ("nystrom-64" with
+# conv_kernel_size 35; softmax with attention_dropout 0.1).
+LRA_ATTENTION = {
+    "softmax": ({}, 0.1, 0),
+    "nystrom": ({"num_landmarks": 64, "pinv_iterations": 6,
+                 "pinv_init": "per_matrix"}, 0.0, 35),
+}
+
+
+def lra_attention(name):
+  """(attention_kwargs, attention_dropout, value_conv_size) for `name`."""
+  if name not in LRA_ATTENTION:
+    raise ValueError(f"config arg attention={name!r} is not one of "
+                     f"{sorted(LRA_ATTENTION)}")
+  kwargs, dropout, conv = LRA_ATTENTION[name]
+  return dict(kwargs), dropout, conv

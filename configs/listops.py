@@ -29,15 +29,6 @@ from ml_collections import config_dict
 
 from configs import common
 
-# Attention hyperparameters of the LRA harness, per method: (attention_kwargs,
-# dropout on attention probabilities, depthwise conv on V).
-ATTENTION = {
-    "softmax": ({}, 0.1, 0),
-    # nystrom-64 + conv 35 (mlpen/Nystromformer LRA/code/lra_config.py).
-    "nystrom": ({"num_landmarks": 64, "pinv_iterations": 6,
-                 "pinv_init": "per_matrix"}, 0.0, 35),
-}
-
 # Per variant: (tfds builder config, padded length, steps, warm-up, eval
 # every, peak lr). `quick` uses a 10x larger lr than the harness: with 2500
 # steps, 1e-4 barely leaves the majority class.
@@ -50,11 +41,8 @@ VARIANTS = {
 def get_config(arg=None):
   """Returns the ListOps config; arg = "<attention>[,variant=...][,smoke]"."""
   arg = common.parse_arg(arg, attention="softmax", variant="lra", smoke=False)
-  if arg.attention not in ATTENTION:
-    raise ValueError(f"config arg attention={arg.attention!r} is not one of "
-                     f"{sorted(ATTENTION)}")
-  attention_kwargs, attention_dropout, value_conv_size = ATTENTION[
-      arg.attention]
+  attention_kwargs, attention_dropout, value_conv_size = common.lra_attention(
+      arg.attention)
   if arg.variant not in VARIANTS:
     raise ValueError(f"config arg variant={arg.variant!r} is not one of "
                      f"{sorted(VARIANTS)}")

@@ -15,6 +15,19 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 
+# Debian data packages (offline datasets): Fashion-MNIST's idx files.
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "[install] apt-get install dataset-fashion-mnist"
+    { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; } \
+      >/dev/null 2>&1 || echo "[install] warning: dataset-fashion-mnist" \
+      "could not be installed; Fashion-MNIST configs will say so"
+  else
+    echo "[install] note: Fashion-MNIST configs need" \
+      "'apt-get install dataset-fashion-mnist' (as root)"
+  fi
+fi
+
 stamp=".venv/.efficient-installed"
 want="$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)-${extras}"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

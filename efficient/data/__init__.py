@@ -7,6 +7,7 @@ import importlib
 
 BUILDERS = {
     "listops": "efficient.data.listops:ListOps",
+    "fashion_mnist": "efficient.data.fashion_mnist:FashionMnistDeb",
 }
 
 

@@ -51,13 +51,21 @@ def load_builder(cfg):
 
 
 class PadTokens(grain.transforms.Map):
-  """Pads (with 0) or truncates `tokens` to `max_length`; keeps the label."""
+  """Pads (with 0) or truncates `tokens` to `max_length`; keeps the label.
+
+  An `image` (uint8) becomes the row-major sequence of `pixel + 1`, since 0 is
+  the padding id (the sequential-image task).
+  """
 
   def __init__(self, max_length):
     self.max_length = max_length
 
   def map(self, element):
-    tokens = np.asarray(element["tokens"], np.int32)[:self.max_length]
+    if "image" in element:
+      tokens = np.asarray(element["image"], np.int32).reshape(-1) + 1
+    else:
+      tokens = np.asarray(element["tokens"], np.int32)
+    tokens = tokens[:self.max_length]
     padded = np.zeros(self.max_length, np.int32)
     padded[:len(tokens)] = tokens
     return {"tokens": padded, "label": np.int32(element["label"])}

@@ -1,0 +1,91 @@
+"""Fashion-MNIST builder on small idx files written by the test."""
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from efficient.data import fashion_mnist
+from efficient.data import pipeline
+from efficient.errors import ConfigError
+from tests import conftest
+
+
+def _write_idx(directory, split, images, labels):
+  header = np.array([2051, len(images), 28, 28], ">i4").tobytes()
+  with gzip.open(directory / f"{split}-images-idx3-ubyte.gz", "wb") as f:
+    f.write(header + images.tobytes())
+  header = np.array([2049, len(labels)], ">i4").tobytes()
+  with gzip.open(directory / f"{split}-labels-idx1-ubyte.gz", "wb") as f:
+    f.write(header + labels.tobytes())
+
+
+@pytest.fixture(scope="module")
+def fake_source(tmp_path_factory):
+  """5,300 training and 100 test images in the Debian package's layout."""
+  directory = tmp_path_factory.mktemp("fashion_idx")
+  rng = np.random.default_rng(0)
+  data = {}
+  for split, n in (("train", 5300), ("t10k", 100)):
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    images[:, :4] = 0  # Black rows, as Fashion-MNIST backgrounds are.
+    labels = rng.integers(0, 10, n, dtype=np.uint8)
+    _write_idx(directory, split, images, labels)
+    data[split] = (images, labels)
+  return directory, data
+
+
+def test_builder_splits_follow_the_idx_files(fake_source, tmp_path,
+                                             monkeypatch):
+  directory, data = fake_source
+  monkeypatch.setenv("FASHION_MNIST_DIR", str(directory))
+  builder = fashion_mnist.build("smoke", data_dir=str(tmp_path))
+  train_images, train_labels = data["train"]
+  expected = {"train": (train_images[:300], train_labels[:300], 256),
+              "validation": (train_images[300:], train_labels[300:], 64),
+              "test": (*data["t10k"], 64)}
+  for split, (images, labels, size) in expected.items():
+    source = builder.as_data_source(split=split)
+    assert len(source) == size
+    # tfds stores a split in hashed-key order: compare as sets of examples.
+    want = {images[i].tobytes(): int(labels[i]) for i in range(size)}
+    got = {source[i]["image"][:, :, 0].tobytes(): int(source[i]["label"])
+           for i in range(size)}
+    assert got == want
+
+
+def test_pipeline_reads_pixels_as_tokens_plus_one(fake_source, tmp_path,
+                                                  monkeypatch):
+  directory, data = fake_source
+  monkeypatch.setenv("FASHION_MNIST_DIR", str(directory))
+  builder = fashion_mnist.build("smoke", data_dir=str(tmp_path))
+  source = builder.as_data_source(split="test")
+  batch = next(pipeline.eval_batches(source, global_batch_size=4,
+                                     max_length=784))
+  np.testing.assert_array_equal(batch["tokens"][0],
+                                source[0]["image"].reshape(-1) + 1)
+  assert (batch["tokens"] > 0).all()  # Black pixels are not padding.
+  assert (batch["tokens"][:, :28 * 4] == 1).all()
+
+
+def test_missing_files_name_the_install_command(tmp_path, monkeypatch):
+  monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path / "absent"))
+  with pytest.raises(ConfigError, match="apt-get install dataset-fashion-mnist"):
+    fashion_mnist.load_idx("train")
+
+
+def test_sequential_image_smoke_trains_through_the_cli(fake_source, tmp_path):
+  directory, _ = fake_source
+  result = conftest.run_module(
+      "experiments.train", "--config=configs/image.py:nystrom,smoke",
+      f"--workdir={tmp_path / 'run'}", devices=1,
+      TFDS_DATA_DIR=tmp_path / "tfds", FASHION_MNIST_DIR=directory)
+  assert result.returncode == 0, result.stderr[-2000:]
+  results = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert 0.0 <= results["test/accuracy"] <= 1.0
+  missing = conftest.run_module(
+      "experiments.train", "--config=configs/image.py:softmax,smoke",
+      f"--workdir={tmp_path / 'run2'}", devices=1,
+      TFDS_DATA_DIR=tmp_path / "tfds2", FASHION_MNIST_DIR=tmp_path / "absent")
+  assert missing.returncode == 2
+  assert "apt-get install dataset-fashion-mnist" in missing.stderr
