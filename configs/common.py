@@ -71,6 +71,20 @@ def parse_arg(arg, lazy=False, **spec):
   return parsed
 
 
+def shrink_for_smoke(config):
+  """The `smoke` settings every training config shares: 2 tiny steps on the
+  builder's `smoke` data, logging and checkpointing every step, no progress
+  bar. Task-specific shrinking (e.g. sequence length) stays in the config."""
+  config.data.builder_config = "smoke"
+  config.total_steps = 2
+  config.batch_size = config.eval_batch_size = 8
+  config.log_every = config.checkpoint_every = 1
+  config.eval_every = 0
+  config.optimizer.warmup_steps = 1
+  config.progress = False
+  return config
+
+
 # Attention settings of the Nyströmformer/YOSO/MRA LRA harness, per method:
 # (attention_kwargs, dropout on attention probabilities, depthwise conv on V).
 # Source: mlpen/Nystromformer LRA/code/lra_config.py ("nystrom-64" with

@@ -53,11 +53,5 @@ def get_config(arg=None):
       schedule="onecycle", warmup_steps=175, end_lr_factor=0.0, grad_clip=0.0,
       no_decay=(r".*bias", r".*scale", r".*embed.*"))
   if arg.smoke:
-    c.data.builder_config = "smoke"
-    c.total_steps = 2
-    c.batch_size = c.eval_batch_size = 8
-    c.log_every = c.checkpoint_every = 1
-    c.eval_every = 0
-    c.optimizer.warmup_steps = 1
-    c.progress = False
+    common.shrink_for_smoke(c)
   return c

@@ -96,12 +96,6 @@ def get_config(arg=None):
       grad_clip=0.0, no_decay=(r".*bias", r".*scale", r".*embed.*"))
 
   if arg.smoke:
-    c.data.builder_config = "smoke"
+    common.shrink_for_smoke(c)
     c.data.max_length = c.model.max_length = 128
-    c.total_steps = 2
-    c.batch_size = c.eval_batch_size = 8
-    c.log_every = c.checkpoint_every = 1
-    c.eval_every = 0
-    c.optimizer.warmup_steps = 1
-    c.progress = False
   return c
