@@ -252,13 +252,15 @@ def _run(config, workdir, mesh, builder, wall_start):
                                      jnp.int32, sharding=batch_sharding),
       "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32,
                                     sharding=batch_sharding)}
-  compile_start = time.time()
-  compiled_step = jax.jit(
-      train_step, donate_argnums=(0,),
-      out_shardings=(state_shardings, None)).lower(
-          abstract_state, abstract_batch).compile()
-  compile_time = time.time() - compile_start
-  logging.info("Train step compiled in %.1f s.", compile_time)
+  compiled_step, compile_time = None, None
+  if start_step < total_steps:  # A finished run only re-evaluates.
+    compile_start = time.time()
+    compiled_step = jax.jit(
+        train_step, donate_argnums=(0,),
+        out_shardings=(state_shardings, None)).lower(
+            abstract_state, abstract_batch).compile()
+    compile_time = time.time() - compile_start
+    logging.info("Train step compiled in %.1f s.", compile_time)
 
   # ----------------------------------------------------------- Evaluators
   def predict(params, tokens):
