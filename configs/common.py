@@ -82,6 +82,9 @@ def shrink_for_smoke(config):
   config.eval_every = 0
   config.optimizer.warmup_steps = 1
   config.progress = False
+  if config.model.get("attention") == "yoso":
+    # 2^11-bucket tables × 32 hashes dwarf a 128-token smoke input.
+    config.model.attention_kwargs.update(num_hashes=4, hash_bits=6)
   return config
 
 
@@ -93,13 +96,32 @@ LRA_ATTENTION = {
     "softmax": ({}, 0.1, 0),
     "nystrom": ({"num_landmarks": 64, "pinv_iterations": 6,
                  "pinv_init": "per_matrix"}, 0.0, 35),
+    # mlpen/YOSO `LRA/models/yoso-v1-32`: fast hash, LSH backward; τ per task
+    # below.
+    "yoso": ({"num_hashes": 32, "hashing": "hadamard", "backward": "lsh"},
+             0.0, 0),
+    # mlpen/mra-attention `old_code/LRA/models/mra2/8` (ListOps and Image).
+    "mra": ({"block_size": 32, "block_per_row": 8, "approx_mode": "full",
+             "initial_prior_first_n_blocks": 1,
+             "initial_prior_diagonal_n_blocks": 0}, 0.0, 0),
 }
+# YOSO's hash_code_len τ per LRA task (yoso-v1-32 config.json).
+YOSO_HASH_BITS = {"listops": 11, "image": 10}
 
 
-def lra_attention(name):
-  """(attention_kwargs, attention_dropout, value_conv_size) for `name`."""
+def lra_attention(name, task="listops"):
+  """(attention_kwargs, attention_dropout, value_conv_size) for `name`.
+
+  The LRA settings of each paper's harness; attention dropout (on the
+  probabilities) exists only for softmax, the one method that forms them.
+  Any entry can be overridden from the command line, e.g.
+  `--config.model.attention_kwargs.num_landmarks=128`.
+  """
   if name not in LRA_ATTENTION:
     raise ValueError(f"config arg attention={name!r} is not one of "
                      f"{sorted(LRA_ATTENTION)}")
   kwargs, dropout, conv = LRA_ATTENTION[name]
-  return dict(kwargs), dropout, conv
+  kwargs = dict(kwargs)
+  if name == "yoso":
+    kwargs["hash_bits"] = YOSO_HASH_BITS[task]
+  return kwargs, dropout, conv

@@ -22,7 +22,7 @@ def get_config(arg=None):
   """Returns the config; arg = "<attention>[,smoke]"."""
   arg = common.parse_arg(arg, attention="softmax", smoke=False)
   attention_kwargs, attention_dropout, value_conv_size = common.lra_attention(
-      arg.attention)
+      arg.attention, task="image")
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.total_steps = 35_000

@@ -32,6 +32,8 @@ from efficient import attention as attention_lib
 HPARAMS = {
     "softmax": {},
     "nystrom": {"num_landmarks": 64},
+    "yoso": {"hash_bits": 11, "num_hashes": 32},  # LRA ListOps (sampled).
+    "mra": {"block_per_row": 8},
 }
 
 
@@ -56,6 +58,9 @@ def machine():
 def fwd_bwd(method, hparams):
   """jit'd function (q, k, v) -> (loss, grads) for one attention method."""
   fn = attention_lib.get_attention(method)
+
+  if method == "yoso" and hparams.get("sampled", True):
+    hparams = dict(hparams, rng=jax.random.PRNGKey(0))  # Hash functions.
 
   def loss(q, k, v):
     out = fn(q, k, v, **hparams)

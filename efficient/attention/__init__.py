@@ -8,7 +8,7 @@ mask (True = real token). `get_attention(name)` finds one by name.
 """
 import importlib
 
-METHODS = ("softmax", "nystrom")
+METHODS = ("softmax", "nystrom", "yoso", "mra")
 
 
 def get_attention(name):

@@ -136,6 +136,10 @@ class SelfAttention(nn.Module):
     if train and self.attention_dropout > 0:
       kwargs.update(dropout_rate=self.attention_dropout,
                     dropout_rng=self.make_rng("dropout"))
+    if self.attention == "yoso" and kwargs.get("sampled", True):
+      # Fresh hash functions per call, from the "hash" rng stream (the
+      # trainer supplies it in training and a fixed one in evaluation).
+      kwargs["rng"] = self.make_rng("hash")
     fn = attention_lib.get_attention(self.attention)
     out = fn(q, k, v, mask=mask, **kwargs)
     if self.value_conv_size:

@@ -223,7 +223,8 @@ def _run(config, workdir, mesh, builder, wall_start):
 
     def loss_fn(params):
       logits = model.apply({"params": params}, batch["tokens"], train=True,
-                           rngs={"dropout": step_rng})
+                           rngs={"dropout": step_rng,
+                                 "hash": jax.random.fold_in(step_rng, 1)})
       xent = optax.softmax_cross_entropy_with_integer_labels(
           logits, batch["label"]).mean()
       accuracy = (jnp.argmax(logits, -1) == batch["label"]).mean()
@@ -264,7 +265,9 @@ def _run(config, workdir, mesh, builder, wall_start):
 
   # ----------------------------------------------------------- Evaluators
   def predict(params, tokens):
-    return model.apply({"params": params}, tokens, train=False)
+    # Randomised attention (sampled YOSO) evaluates with one fixed draw.
+    return model.apply({"params": params}, tokens, train=False,
+                       rngs={"hash": jax.random.PRNGKey(config.seed)})
 
   def make_evaluator(split):
     return evaluators.ClassificationEvaluator(

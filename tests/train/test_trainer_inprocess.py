@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 import orbax.checkpoint as ocp
 
 from configs import listops as listops_config
@@ -54,3 +55,19 @@ def test_eval_runs_on_its_own_schedule(listops_data_dir, tmp_path):
   records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").open()]
   # Steps 2 and 4 from eval_every, 5 from the final evaluation.
   assert [r["step"] for r in records if "validation/accuracy" in r] == [2, 4, 5]
+
+
+@pytest.mark.parametrize("attention", ["nystrom", "yoso", "mra"])
+def test_every_attention_trains_through_the_listops_config(
+    attention, listops_data_dir, tmp_path):
+  config = listops_config.get_config(f"{attention},smoke")
+  assert config.model.attention == attention
+  config.data.data_dir = listops_data_dir
+  config.total_steps = 2
+  config.eval_every = 0
+  config.progress = False
+  results = trainer.train_and_evaluate(config, str(tmp_path))
+  assert np.isfinite(results["test/loss"])
+  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").open()]
+  assert all(np.isfinite(r["train/loss"]) for r in records
+             if "train/loss" in r)

@@ -1,0 +1,299 @@
+"""YOSO: references in numpy, hashing statistics, sampled -> expectation,
+the approximate backward, padding, causal refusal, jit/vmap/sharding."""
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import numpy as np
+import pytest
+
+from efficient.attention import encoder
+from efficient.attention import yoso
+
+
+def _inputs(seed, batch=2, length=24, heads=2, dim=8):
+  rng = np.random.default_rng(seed)
+  return tuple(jnp.asarray(rng.normal(size=(batch, length, heads, dim)),
+                           jnp.float32) for _ in range(3))
+
+
+def _mask(batch, length, pad):
+  mask = np.ones((batch, length), bool)
+  mask[-1, length - pad:] = False
+  return mask
+
+
+def _unit(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _expectation_np(q, k, mask, tau):
+  """E ⊙ μμᵀ per [b, h] in float64, from the formula."""
+  qn = _unit(np.asarray(q, np.float64).transpose(0, 2, 1, 3))
+  kn = _unit(np.asarray(k, np.float64).transpose(0, 2, 1, 3))
+  cos = np.clip(qn @ kn.transpose(0, 1, 3, 2), -1, 1)
+  mu = mask.astype(np.float64)[:, None]
+  return (1 - np.arccos(cos) / np.pi)**tau * mu[..., :, None] * mu[..., None, :]
+
+
+def _finish(y):  # [b, h, n, d] -> normalised [b, n, h, d].
+  norm = np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
+  return (y / norm).transpose(0, 2, 1, 3)
+
+
+def test_expectation_matches_the_formula_with_padding():
+  q, k, v = _inputs(0)
+  mask = _mask(2, 24, 7)
+  out = yoso.yoso_attention(q, k, v, mask=jnp.asarray(mask), sampled=False,
+                            hash_bits=5)
+  weights = _expectation_np(q, k, mask, 5)
+  want = _finish(weights @ np.asarray(v, np.float64).transpose(0, 2, 1, 3))
+  np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+  assert np.all(np.asarray(out)[1, 17:] == 0)  # Padded queries output zeros.
+
+
+def _fast_hadamard_np(x):
+  """The original CUDA butterfly (in place, unnormalised), on a vector."""
+  x = x.copy()
+  stride = len(x) // 2
+  while stride:
+    idx = np.arange(len(x))
+    sign = 1 - 2 * ((idx // stride) % 2)
+    x = sign * x + x[idx + sign * stride]
+    stride //= 2
+  return x
+
+
+def test_hadamard_matrix_is_the_originals_butterfly():
+  h = np.asarray(yoso.hadamard_matrix(32))
+  x = np.random.default_rng(1).normal(size=32)
+  np.testing.assert_allclose(x @ h, _fast_hadamard_np(x), rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_allclose(h @ h, 32 * np.eye(32))
+
+
+def test_hadamard_codes_follow_the_original_bit_packing():
+  q, k, _ = _inputs(2, batch=1, length=5, heads=1, dim=32)
+  q, k = q[:, :, 0], k[:, :, 0]  # [1, n, 32]
+  tau, m = 6, 7  # 5 hashes per part, 2 parts.
+  key = jax.random.PRNGKey(3)
+  q_codes, _ = yoso.hash_codes(key, q, k, num_hashes=m, hash_bits=tau)
+  signs = np.asarray(jax.random.rademacher(key, (1, 3, 2, 32), jnp.float32))
+  for i in range(5):
+    for part in range(2):
+      x = np.asarray(q[0, i], np.float64)
+      for r in range(3):
+        x = _fast_hadamard_np(x * signs[0, r, part])
+      for j in range(5):
+        h = part * 5 + j
+        if h < m:
+          bits = x[j * tau:(j + 1) * tau] > 0
+          assert q_codes[0, h, i] == sum(int(b) << t for t, b in
+                                         enumerate(bits))
+
+
+@pytest.mark.parametrize("hashing,tol", [("gaussian", 0.025),
+                                         ("hadamard", 0.05)])
+def test_collision_rate_is_the_simhash_probability(hashing, tol):
+  rng = np.random.default_rng(4)
+  q = _unit(rng.normal(size=(1, 6, 32)))
+  k = _unit(q + rng.normal(size=(1, 6, 32)) * np.array(
+      [0.1, 0.3, 0.6, 1.0, 2.0, 5.0])[None, :, None])
+  tau, draws = 4, 2000
+  keys = jax.random.split(jax.random.PRNGKey(5), draws)
+  codes = jax.vmap(lambda r: yoso.hash_codes(
+      r, jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32),
+      num_hashes=1, hash_bits=tau, hashing=hashing))(keys)
+  rate = np.mean(np.asarray(codes[0] == codes[1])[:, 0, 0], axis=0)
+  cos = np.sum(q[0] * k[0], -1)
+  want = (1 - np.arccos(cos) / np.pi)**tau
+  np.testing.assert_allclose(rate, want, atol=tol)
+
+
+def _dense_collisions(q_codes, k_codes, q_mask, k_mask):
+  """B_ij = (1/m) Σ_h [h(q_i) = h(k_j)] μ_i μ_j, dense, numpy."""
+  q_codes, k_codes = np.asarray(q_codes), np.asarray(k_codes)
+  same = q_codes[..., :, None] == k_codes[..., None, :]  # [g, m, n, n]
+  return (same.mean(1) * np.asarray(q_mask)[..., :, None] *
+          np.asarray(k_mask)[..., None, :])
+
+
+def test_sampled_cumulation_and_its_backward_equal_the_dense_formulas():
+  rng = np.random.default_rng(6)
+  g, n, d, tau, m = 3, 37, 8, 3, 5
+  q, k, v, grad = (jnp.asarray(rng.normal(size=(g, n, d)), jnp.float32)
+                   for _ in range(4))
+  q, k = yoso._normalize(q), yoso._normalize(k)
+  mu = np.ones((g, n), np.float32)
+  mu[2, 30:] = 0
+  mu = jnp.asarray(mu)
+  q_codes, k_codes = yoso.hash_codes(jax.random.PRNGKey(7), q, k,
+                                     num_hashes=m, hash_bits=tau)
+  b = _dense_collisions(q_codes, k_codes, mu, mu)
+  assert 0 < b.mean() < 1  # Some, not all, pairs collide.
+  out, vjp = jax.vjp(lambda q, k, v: yoso.sampled_cumulation(
+      q, k, v, q_codes, k_codes, mu, mu, tau), q, k, v)
+  qn, kn, vn, gn = (np.asarray(x, np.float64) for x in (q, k, v, grad))
+  np.testing.assert_allclose(out, b @ vn, rtol=1e-5, atol=1e-5)
+  dq, dk, dv = vjp(grad)
+  weighted = (gn @ vn.transpose(0, 2, 1)) * b * tau / 2
+  np.testing.assert_allclose(dv, b.transpose(0, 2, 1) @ gn, rtol=1e-4,
+                             atol=1e-5)
+  np.testing.assert_allclose(dq, weighted @ kn, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(dk, weighted.transpose(0, 2, 1) @ qn,
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_expectation_backward_is_the_originals_and_near_the_true_gradient():
+  rng = np.random.default_rng(8)
+  g, n, d, tau = 2, 20, 8, 6
+  q, k, v, grad = (jnp.asarray(rng.normal(size=(g, n, d)), jnp.float32)
+                   for _ in range(4))
+  q, k = yoso._normalize(q), yoso._normalize(k)
+  mu = jnp.ones((g, n))
+  fn = lambda q, k, v: yoso.expectation_cumulation(q, k, v, mu, mu, tau)
+  _, vjp = jax.vjp(fn, q, k, v)
+  dq, dk, dv = vjp(grad)
+  weights = np.asarray(yoso.collision_probability(q, k, tau), np.float64)
+  gn, vn = np.asarray(grad, np.float64), np.asarray(v, np.float64)
+  weighted = (gn @ vn.transpose(0, 2, 1)) * weights * tau / 2
+  np.testing.assert_allclose(dq, weighted @ np.asarray(k), rtol=1e-4,
+                             atol=1e-5)
+  np.testing.assert_allclose(dk, weighted.transpose(0, 2, 1) @ np.asarray(q),
+                             rtol=1e-4, atol=1e-5)
+  # dV is exact: the output is linear in V.
+  exact = lambda q, k, v: (yoso.collision_probability(q, k, tau) @ v)
+  _, exact_vjp = jax.vjp(exact, q, k, v)
+  edq, edk, edv = exact_vjp(grad)
+  np.testing.assert_allclose(dv, edv, rtol=1e-5, atol=1e-6)
+  # dQ, dK replace ∂E/∂(q·k) by (τ/2)E: the same direction, roughly.
+  for approx, true in ((dq, edq), (dk, edk)):
+    a, t = np.ravel(approx), np.ravel(true)
+    assert a @ t / np.linalg.norm(a) / np.linalg.norm(t) > 0.9
+
+
+@pytest.mark.parametrize("hashing", ["gaussian", "hadamard"])
+def test_sampled_average_converges_to_expectation_like_one_over_sqrt_draws(
+    hashing):
+  rng = np.random.default_rng(9)
+  g, n, d, tau, m = 2, 32, 16, 4, 2
+  q, k, v, grad = (jnp.asarray(rng.normal(size=(g, n, d)), jnp.float32)
+                   for _ in range(4))
+  q, k = yoso._normalize(q), yoso._normalize(k)
+  mu = jnp.ones((g, n))
+
+  def sampled(key):
+    q_codes, k_codes = yoso.hash_codes(key, q, k, num_hashes=m,
+                                       hash_bits=tau, hashing=hashing)
+    out, vjp = jax.vjp(lambda q, k, v: yoso.sampled_cumulation(
+        q, k, v, q_codes, k_codes, mu, mu, tau), q, k, v)
+    return (out,) + vjp(grad)
+
+  want_out, vjp = jax.vjp(
+      lambda q, k, v: yoso.expectation_cumulation(q, k, v, mu, mu, tau),
+      q, k, v)
+  want = (want_out,) + vjp(grad)
+  draws = jax.jit(jax.vmap(sampled))(jax.random.split(
+      jax.random.PRNGKey(10), 4096))
+  for name, got, ref in zip(("out", "dq", "dk", "dv"), draws, want):
+    ref = np.asarray(ref)
+    errors = [np.linalg.norm(np.asarray(got[:count]).mean(0) - ref) /
+              np.linalg.norm(ref) for count in (16, 4096)]
+    if hashing == "gaussian":
+      # Unbiased: 256x more draws divide the error by 16.
+      assert 10 < errors[0] / errors[1] < 26, (name, errors)
+      assert errors[1] < 0.06, (name, errors)
+    else:
+      # The fast Hadamard hash only approximates SimHash: a small bias
+      # floor (about 6% here, documented in yoso.py) stays.
+      assert errors[0] / errors[1] > 4, (name, errors)
+      assert errors[1] < 0.1, (name, errors)
+
+
+def test_padding_never_changes_real_outputs():
+  q, k, v = _inputs(11, length=30)
+  mask = jnp.asarray(_mask(2, 30, 9))
+  noise = _inputs(12, length=30)
+  padded = ~np.asarray(mask)[:, :, None, None]
+  q2, k2, v2 = (jnp.where(padded, x * 0 + y, x) for x, y in zip((q, k, v),
+                                                                 noise))
+  for kwargs in (dict(sampled=False), dict(rng=jax.random.PRNGKey(0))):
+    a = yoso.yoso_attention(q, k, v, mask=mask, hash_bits=4, **kwargs)
+    b = yoso.yoso_attention(q2, k2, v2, mask=mask, hash_bits=4, **kwargs)
+    np.testing.assert_allclose(np.asarray(a)[~padded[..., 0, 0]],
+                               np.asarray(b)[~padded[..., 0, 0]], rtol=1e-6,
+                               atol=1e-6)
+
+
+def test_refusals():
+  q, k, v = _inputs(13)
+  with pytest.raises(ValueError, match="causal"):
+    yoso.yoso_attention(q, k, v, causal=True, sampled=False)
+  with pytest.raises(ValueError, match="rng"):
+    yoso.yoso_attention(q, k, v)
+  with pytest.raises(ValueError, match="backward"):
+    yoso.yoso_attention(q, k, v, backward="exact", rng=jax.random.PRNGKey(0))
+
+
+def test_expectation_backward_option_equals_yoso_e_backward():
+  q, k, v = _inputs(14, length=16)
+  mask = jnp.asarray(_mask(2, 16, 3))
+
+  def loss(fn_kwargs):
+    return jax.grad(lambda q, k, v: jnp.sum(jnp.sin(yoso.yoso_attention(
+        q, k, v, mask=mask, hash_bits=4, **fn_kwargs)[:, :12])),
+                    argnums=(0, 1, 2))
+
+  # With the sampled forward replaced by its expectation the two agree
+  # only in the backward formulas, so compare the cumulation-level vjp.
+  qn = yoso._normalize(jnp.swapaxes(q, 1, 2).reshape(4, 16, 8))
+  kn = yoso._normalize(jnp.swapaxes(k, 1, 2).reshape(4, 16, 8))
+  vn = jnp.swapaxes(v, 1, 2).reshape(4, 16, 8)
+  mu = jnp.repeat(mask.astype(jnp.float32), 2, axis=0)
+  codes = yoso.hash_codes(jax.random.PRNGKey(1), qn, kn, num_hashes=4,
+                          hash_bits=4)
+  grad = jnp.cos(vn)
+  _, vjp_s = jax.vjp(lambda q, k, v: yoso.sampled_cumulation(
+      q, k, v, *codes, mu, mu, 4, "expectation"), qn, kn, vn)
+  _, vjp_e = jax.vjp(lambda q, k, v: yoso.expectation_cumulation(
+      q, k, v, mu, mu, 4), qn, kn, vn)
+  for a, b in zip(vjp_s(grad), vjp_e(grad)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  # And both end-to-end gradients are finite with padding.
+  for kw in (dict(sampled=False), dict(rng=jax.random.PRNGKey(2))):
+    assert all(np.isfinite(x).all() for x in loss(kw)(q, k, v))
+
+
+def test_jit_vmap_and_sharded_agree():
+  q, k, v = _inputs(15, batch=8, length=20)
+  mask = jnp.asarray(_mask(8, 20, 5))
+  key = jax.random.PRNGKey(3)
+  fn = lambda q, k, v, mask: yoso.yoso_attention(q, k, v, mask=mask,
+                                                 hash_bits=4, rng=key)
+  eager = fn(q, k, v, mask)
+  np.testing.assert_allclose(jax.jit(fn)(q, k, v, mask), eager, rtol=1e-5,
+                             atol=1e-6)
+  stacked = jax.vmap(fn)(*(x[None] for x in (q, k, v, mask)))
+  np.testing.assert_allclose(stacked[0], eager, rtol=1e-5, atol=1e-6)
+  mesh = jax.make_mesh((8,), ("data",))
+  shard = lambda x: jax.device_put(x, NamedSharding(
+      mesh, P("data", *([None] * (x.ndim - 1)))))
+  expect = yoso.yoso_attention(q, k, v, mask=mask, sampled=False)
+  sharded = jax.jit(lambda *a: yoso.yoso_attention(
+      *a[:3], mask=a[3], sampled=False))(*map(shard, (q, k, v, mask)))
+  np.testing.assert_allclose(sharded, expect, rtol=1e-5, atol=1e-6)
+
+
+def test_encoder_with_sampled_yoso_draws_hashes_from_the_hash_stream():
+  model = encoder.EncoderClassifier(
+      vocab_size=16, num_classes=10, max_length=32, attention="yoso",
+      attention_kwargs={"hash_bits": 4, "num_hashes": 8})
+  tokens = np.random.default_rng(16).integers(1, 16, (2, 32))
+  tokens[1, 20:] = 0
+  params = model.init(jax.random.PRNGKey(0), tokens)
+  run = lambda seed: model.apply(params, tokens,
+                                 rngs={"hash": jax.random.PRNGKey(seed)})
+  np.testing.assert_array_equal(run(1), run(1))
+  assert not np.allclose(run(1), run(2))
+  assert math.isfinite(float(jnp.sum(run(1))))
