@@ -317,3 +317,23 @@ def test_unsupported_settings_raise():
     mra.mra_attention(q, k, v, block_per_row=0)
   with pytest.raises(ValueError, match="lengths differ"):
     mra.mra_attention(q, k[:, :16], v[:, :16])
+
+
+@pytest.mark.parametrize("mode", ["full", "sparse"])
+def test_heads_per_step_changes_memory_not_results(mode):
+  q, k, v = _inputs(41, batch=3, length=96, heads=2, dim=8)
+  mask = np.ones((3, 96), bool)
+  mask[2, 70:] = False
+  weights = jnp.cos(jnp.arange(8.0))
+
+  def value_and_grads(heads_per_step):
+    fn = lambda q, k, v: jnp.sum(mra.mra_attention(
+        q, k, v, mask=jnp.asarray(mask), block_size=16, block_per_row=2,
+        approx_mode=mode, heads_per_step=heads_per_step) * weights)
+    return jax.value_and_grad(fn, argnums=(0, 1, 2))(q, k, v)
+
+  want = value_and_grads(None)
+  for heads_per_step in (1, 4):  # 4 does not divide 3·2 pairs.
+    got = value_and_grads(heads_per_step)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
