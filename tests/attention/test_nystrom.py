@@ -209,3 +209,28 @@ def test_encoder_with_nystrom_and_conv_ignores_padding_length():
   a = model.apply(params, np.pad(tokens, ((0, 0), (0, 3))))
   b = model.apply(params, np.pad(tokens, ((0, 0), (0, 40))))
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("length,size", [(9, 5), (70, 35), (64, 65), (5, 3),
+                                         (33, 1)])
+def test_depthwise_conv_matches_xla_grouped_conv_and_its_gradient(length,
+                                                                  size):
+  rng = np.random.default_rng(size)
+  v = jnp.asarray(rng.normal(size=(2, length, 3, 4)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(size, 3)), jnp.float32)
+
+  def reference(v, kernel):  # Heads as the channels of a grouped conv.
+    x = jnp.moveaxis(v, 3, 1).reshape(8, length, 3)
+    y = jax.lax.conv_general_dilated(
+        x, kernel[:, None, :], (1,), [(size // 2, size // 2)],
+        dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=3)
+    return jnp.moveaxis(y.reshape(2, 4, length, 3), 1, 3)
+
+  weights = jnp.cos(jnp.arange(4.0))
+  np.testing.assert_allclose(encoder.depthwise_conv(v, kernel),
+                             reference(v, kernel), rtol=1e-5, atol=1e-5)
+  grads = [jax.grad(lambda v, k: jnp.sum(f(v, k) * weights),
+                    argnums=(0, 1))(v, kernel)
+           for f in (encoder.depthwise_conv, reference)]
+  for a, b in zip(*grads):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
