@@ -85,10 +85,31 @@ def _normalize(x, eps=1e-12):
   return x * jax.lax.rsqrt(jnp.maximum(squared, eps * eps))
 
 
+# Abramowitz & Stegun 4.4.46: arccos(x) = sqrt(1 − x)·Σ a_i x^i on [0, 1],
+# |error| ≤ 2e-8.
+_ACOS_COEFFS = (1.5707963050, -0.2145988016, 0.0889789874, -0.0501743046,
+                0.0308918810, -0.0170881256, 0.0066700901, -0.0012624911)
+
+
+def fast_arccos(x):
+  """arccos on [−1, 1] by A&S 4.4.46 (|error| ≤ 2e-8 + rounding).
+
+  Plain multiply-adds and one sqrt, which XLA vectorises; `jnp.arccos` on
+  CPU costs about 4x the matmul producing its input, and YOSO-E evaluates
+  it n² times per head.
+  """
+  a = jnp.abs(x)
+  poly = _ACOS_COEFFS[-1]
+  for c in _ACOS_COEFFS[-2::-1]:
+    poly = poly * a + c
+  angle = jnp.sqrt(1.0 - a) * poly
+  return jnp.where(x < 0, math.pi - angle, angle)
+
+
 def collision_probability(q, k, hash_bits):
   """E = (1 − arccos(q·k)/π)^τ for unit rows, `[..., n, d]` -> `[..., n, n]`."""
   cosine = jnp.clip(q @ jnp.swapaxes(k, -1, -2), -1.0, 1.0)
-  return (1.0 - jnp.arccos(cosine) / math.pi) ** hash_bits
+  return (1.0 - fast_arccos(cosine) / math.pi) ** hash_bits
 
 
 def hadamard_matrix(dim):
@@ -206,30 +227,32 @@ def lsh_weighted_cumulation(q_codes, k_codes, q_mask, k_mask, q_weight,
   return out * q_mask[..., None] / num_hashes
 
 
+def _expectation_weights(q, k, q_mask, k_mask, hash_bits):
+  weights = collision_probability(q, k, hash_bits)
+  return weights * q_mask[..., :, None] * k_mask[..., None, :]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def expectation_cumulation(q, k, v, q_mask, k_mask, hash_bits):
   """YOSO-E: (E ⊙ μμᵀ) V with the original approximate backward."""
-  weights = collision_probability(q, k, hash_bits)
-  weights = weights * q_mask[..., :, None] * k_mask[..., None, :]
-  return weights @ v
+  return _expectation_weights(q, k, q_mask, k_mask, hash_bits) @ v
 
 
 def _expectation_fwd(q, k, v, q_mask, k_mask, hash_bits):
-  return (expectation_cumulation(q, k, v, q_mask, k_mask, hash_bits),
-          (q, k, v, q_mask, k_mask))
+  # E is kept for the backward (as the original's ctx does): recomputing
+  # it costs n² arccos evaluations, the most expensive part on CPU.
+  weights = _expectation_weights(q, k, q_mask, k_mask, hash_bits)
+  return weights @ v, (q, k, v, weights)
 
 
-def _expectation_backward(q, k, v, q_mask, k_mask, hash_bits, grad):
-  weights = collision_probability(q, k, hash_bits)
-  weights = weights * q_mask[..., :, None] * k_mask[..., None, :]
+def _expectation_backward(q, k, v, weights, hash_bits, grad):
   weighted = (grad @ jnp.swapaxes(v, -1, -2)) * weights * (hash_bits / 2)
   return (weighted @ k, jnp.swapaxes(weighted, -1, -2) @ q,
           jnp.swapaxes(weights, -1, -2) @ grad)
 
 
 def _expectation_bwd(hash_bits, residuals, grad):
-  q, k, v, q_mask, k_mask = residuals
-  dq, dk, dv = _expectation_backward(q, k, v, q_mask, k_mask, hash_bits, grad)
+  dq, dk, dv = _expectation_backward(*residuals, hash_bits, grad)
   return dq, dk, dv, None, None
 
 
@@ -254,8 +277,8 @@ def _sampled_fwd(q, k, v, q_codes, k_codes, q_mask, k_mask, hash_bits,
 def _sampled_bwd(hash_bits, backward, residuals, grad):
   q, k, v, q_codes, k_codes, q_mask, k_mask = residuals
   if backward == "expectation":  # The original's n2_backward.
-    dq, dk, dv = _expectation_backward(q, k, v, q_mask, k_mask, hash_bits,
-                                       grad)
+    weights = _expectation_weights(q, k, q_mask, k_mask, hash_bits)
+    dq, dk, dv = _expectation_backward(q, k, v, weights, hash_bits, grad)
   else:
     buckets, half_tau = 2**hash_bits, hash_bits / 2
     dv = lsh_cumulation(k_codes, q_codes, k_mask, q_mask, grad, buckets)

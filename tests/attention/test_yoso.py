@@ -297,3 +297,10 @@ def test_encoder_with_sampled_yoso_draws_hashes_from_the_hash_stream():
   np.testing.assert_array_equal(run(1), run(1))
   assert not np.allclose(run(1), run(2))
   assert math.isfinite(float(jnp.sum(run(1))))
+
+
+def test_fast_arccos_matches_numpy():
+  x = np.concatenate([np.linspace(-1, 1, 200001), [-1.0, -0.0, 0.0, 1.0]])
+  got = np.asarray(yoso.fast_arccos(jnp.asarray(x, jnp.float32)), np.float64)
+  np.testing.assert_allclose(got, np.arccos(x.astype(np.float32)), rtol=0,
+                             atol=1e-6)
