@@ -5,7 +5,11 @@ pixels; CIFAR cannot be fetched here, so this reads Fashion-MNIST (Debian
 package `dataset-fashion-mnist`) as 784 pixel tokens, with the Nyströmformer
 /YOSO/MRA harness settings for Image (mlpen/Nystromformer `lra_config.py`):
 the 2-layer width-64 encoder, batch 256, AdamW under OneCycleLR peaking at
-1e-4 after 175 steps, 35,000 steps, evaluation every 175.
+1e-4 after 175 steps, 35,000 steps, evaluation every 175. Attention settings
+are the Image ones of each repo (YOSO τ = 10); one difference: MRA's CIFAR
+config re-orders the 32×32 pixels into 4×8 tiles so its 32-token blocks are
+2-D patches (`input_shape`), while here the 784 pixels keep raster order
+(28 is not a multiple of 8), so MRA's blocks are 32-pixel row segments.
 
   python -m experiments.train --config=configs/image.py:softmax \
       --workdir=runs/image_softmax
