@@ -43,10 +43,15 @@ carries it through the normalisation, as PyTorch autograd does there):
   dK_j = Σ_i B_ij (dO_i·V_j)(τ/2) Q_i,
 
 with B = E for YOSO-E and B the sampled collision matrix for YOSO; i.e.
-∂E/∂(q·k) is replaced by (τ/2)·E. In the sampled form these are computed by
-bucket cumulation as well (the original `lsh_weighted_cumulation`: per hash,
-tables of V_j ⊗ K_j read back with dO_i), so the backward has no n² term
-either; its cost is O(m·n·d²). `backward="expectation"` is the original's
+∂E/∂(q·k) is replaced by (τ/2)·E. In the sampled form the original computes
+these by bucket cumulation (`lsh_weighted_cumulation`: per hash, tables of
+V_j ⊗ K_j read back with dO_i), O(m·n·d²); we compute the same sums either
+that way or over the colliding pairs only (`lsh_backward`: keys sorted by
+bucket, O(d) per pair, like the v2 kernels' sorted pass but with no cap on
+pairs), taking at run time whichever is cheaper for the actual codes. Pairs
+win by far for unrelated q, k (≈ n / 2^τ collisions per query and hash):
+on a 2-core CPU at n = 4096 the backward drops from ~10 s to ~0.3 s
+(docs/attention.md). `backward="expectation"` is the original's
 `n2_backward` (the O(n²) expectation form of the same formulas).
 
 Differences from the original code, each deliberate:
@@ -227,6 +232,81 @@ def lsh_weighted_cumulation(q_codes, k_codes, q_mask, k_mask, q_weight,
   return out * q_mask[..., None] / num_hashes
 
 
+# Pair enumeration: the LSH backward computed over the colliding pairs only.
+# Each pair costs O(d) instead of the tables' O(d²) per token, so this path
+# wins while buckets are small (≈ n / 2^τ keys per bucket for unrelated
+# vectors: ~2 at n = 4096, τ = 11). Past `_PAIR_LIMIT` pairs per query and
+# hash the tables are cheaper and are used instead; both give the same sums.
+_PAIR_CHUNK = 4096  # pairs per step of the loop: a few MiB of gathered rows
+_PAIR_LIMIT = 1.0  # × head_dim pairs per query and hash before tables win
+
+
+def collision_counts(q_codes, k_codes, q_mask, k_mask, num_buckets):
+  """Per query and hash: how many real keys share its bucket. [g, m, n]."""
+  groups, num_hashes, length = k_codes.shape
+  index = (jnp.arange(groups)[:, None, None], jnp.arange(num_hashes)[None, :, None])
+  counts = jnp.zeros((groups, num_hashes, num_buckets), jnp.int32)
+  counts = counts.at[index + (k_codes,)].add((k_mask > 0).astype(jnp.int32)[:, None])
+  starts = jnp.cumsum(counts, axis=-1) - counts
+  per_query = counts[index + (q_codes,)] * (q_mask > 0).astype(jnp.int32)[:, None]
+  return per_query, starts[index + (q_codes,)]
+
+
+def lsh_pair_gradients(q_codes, k_codes, q_mask, k_mask, q, k, v, grad,
+                       num_buckets):
+  """Σ over colliding pairs (i, j), all hashes, of the LSH backward terms.
+
+  With w_ij = Σ_h [h(q_i) = h(k_j)] μ_i μ_j (dO_i·V_j), returns
+    (Σ_j w_ij K_j,  Σ_i w_ij Q_i,  Σ_h Σ_i [h(q_i)=h(k_j)] μ_i μ_j dO_i)
+  — the same sums as `lsh_weighted_cumulation` (twice) and `lsh_cumulation`
+  with roles swapped, before the 1/m and τ/2 factors. The pairs of every
+  (group, hash, query) are laid out query-major in one implicit list (keys
+  of a bucket sit contiguously once sorted by code) and processed in chunks
+  of `_PAIR_CHUNK` by a while loop, so time and memory follow the number of
+  collisions, not n². Like the original v2 kernels' sorted-bucket pass
+  (`count_sort` + per-query gathers), without their 1024-slot workspace
+  cap: every pair is counted.
+  """
+  groups, num_hashes, length = q_codes.shape
+  counts, key_starts = collision_counts(q_codes, k_codes, q_mask, k_mask,
+                                        num_buckets)
+  # Keys sorted by bucket per (group, hash); padded keys sort last (code =
+  # num_buckets) and no query reads them. One int32 sort of code·n + index.
+  sort_codes = jnp.where(k_mask[:, None] > 0, k_codes, num_buckets)
+  packed = jnp.sort(sort_codes * length + jnp.arange(length), axis=-1)
+  key_order = (packed % length).reshape(-1)  # [g·m·n]
+  counts, key_starts = counts.reshape(-1), key_starts.reshape(-1)
+  ends = jnp.cumsum(counts)
+  total = ends[-1]
+  rows = lambda x: x.reshape(groups * length, x.shape[-1])
+  q, k, v, grad = rows(q), rows(k), rows(v), rows(grad)
+
+  def step(carry):
+    chunk, dq, dk, dv = carry
+    pair = chunk * _PAIR_CHUNK + jnp.arange(_PAIR_CHUNK)
+    valid = pair < total
+    slot = jnp.minimum(jnp.searchsorted(ends, pair, side="right"),
+                       counts.shape[0] - 1)  # (group, hash, query) flat
+    query = (slot // (num_hashes * length)) * length + slot % length
+    sorted_key = key_starts[slot] + pair - (ends[slot] - counts[slot])
+    base = (slot // length) * length  # (group, hash) row of key_order
+    key = (slot // (num_hashes * length)) * length + key_order[
+        base + jnp.clip(sorted_key, 0, length - 1)]
+    g_rows = grad[query]
+    weight = jnp.where(valid, jnp.sum(g_rows * v[key], axis=-1), 0.)
+    dq = dq.at[query].add(weight[:, None] * k[key], indices_are_sorted=True)
+    dk = dk.at[key].add(weight[:, None] * q[query])
+    dv = dv.at[key].add(jnp.where(valid[:, None], g_rows, 0.))
+    return chunk + 1, dq, dk, dv
+
+  zeros = lambda x: jnp.zeros(x.shape, jnp.float32)
+  _, dq, dk, dv = jax.lax.while_loop(
+      lambda carry: carry[0] * _PAIR_CHUNK < total, step,
+      (0, zeros(q), zeros(k), zeros(v)))
+  unrows = lambda x: x.reshape(groups, length, x.shape[-1])
+  return unrows(dq), unrows(dk), unrows(dv)
+
+
 def _expectation_weights(q, k, q_mask, k_mask, hash_bits):
   weights = collision_probability(q, k, hash_bits)
   return weights * q_mask[..., :, None] * k_mask[..., None, :]
@@ -259,6 +339,58 @@ def _expectation_bwd(hash_bits, residuals, grad):
 expectation_cumulation.defvjp(_expectation_fwd, _expectation_bwd)
 
 
+def lsh_backward(q, k, v, grad, q_codes, k_codes, q_mask, k_mask, hash_bits,
+                 method="auto"):
+  """The original v1 LSH backward of sampled YOSO: (dQ, dK, dV).
+
+  dV = Bᵀ dO,  dQ_i = Σ_j B_ij (dO_i·V_j)(τ/2) K_j,
+  dK_j = Σ_i B_ij (dO_i·V_j)(τ/2) Q_i,  B = (1/m) Σ_h [h(q_i) = h(k_j)] μ_i μ_j.
+
+  `method="tables"` is the original's algorithm (bucket tables of
+  V_j ⊗ K_j, O(m·n·d²)); "pairs" sums over the colliding pairs
+  (O(m·n·d·pairs per query)); "auto" takes pairs while they average at most
+  `_PAIR_LIMIT`·d per query and hash, tables beyond (decided at run time on
+  the actual codes, both compiled).
+  """
+  groups, num_hashes, length = q_codes.shape
+  buckets, half_tau = 2**hash_bits, hash_bits / 2
+
+  def by_tables():
+    dv = lsh_cumulation(k_codes, q_codes, k_mask, q_mask, grad, buckets)
+    dq = lsh_weighted_cumulation(q_codes, k_codes, q_mask, k_mask, grad, v,
+                                 half_tau * k, buckets)
+    dk = lsh_weighted_cumulation(k_codes, q_codes, k_mask, q_mask, v, grad,
+                                 half_tau * q, buckets)
+    return dq, dk, dv
+
+  def by_pairs():
+    dq, dk, dv = lsh_pair_gradients(q_codes, k_codes, q_mask, k_mask, q, k,
+                                    v, grad, buckets)
+    return dq * (half_tau / num_hashes), dk * (half_tau / num_hashes), (
+        dv / num_hashes)
+
+  if method not in ("auto", "pairs", "tables"):
+    raise ValueError(f"method={method!r}: 'auto', 'pairs' or 'tables'")
+  if method == "tables" or (method == "auto" and _PAIR_LIMIT * q.shape[-1]
+                            * groups * num_hashes * length >= 2**31):
+    return by_tables()  # (the pair list is indexed by int32)
+  if method == "pairs":
+    return by_pairs()
+  counts, _ = collision_counts(q_codes, k_codes, q_mask, k_mask, buckets)
+  return jax.lax.cond(prefers_pairs(counts, q.shape[-1]), by_pairs,
+                      by_tables)
+
+
+def prefers_pairs(counts, head_dim):
+  """Whether the pair loop is cheaper than tables for these collision counts.
+
+  A pair costs O(d), a table entry O(d²) per token: pairs win while they
+  average at most `_PAIR_LIMIT`·d per query and hash (counts: [g, m, n] from
+  `collision_counts`). Measured crossover on CPU: see docs/attention.md.
+  """
+  return counts.sum(dtype=jnp.float32) <= _PAIR_LIMIT * head_dim * counts.size
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
 def sampled_cumulation(q, k, v, q_codes, k_codes, q_mask, k_mask, hash_bits,
                        backward="lsh"):
@@ -280,12 +412,8 @@ def _sampled_bwd(hash_bits, backward, residuals, grad):
     weights = _expectation_weights(q, k, q_mask, k_mask, hash_bits)
     dq, dk, dv = _expectation_backward(q, k, v, weights, hash_bits, grad)
   else:
-    buckets, half_tau = 2**hash_bits, hash_bits / 2
-    dv = lsh_cumulation(k_codes, q_codes, k_mask, q_mask, grad, buckets)
-    dq = lsh_weighted_cumulation(q_codes, k_codes, q_mask, k_mask, grad, v,
-                                 half_tau * k, buckets)
-    dk = lsh_weighted_cumulation(k_codes, q_codes, k_mask, q_mask, v, grad,
-                                 half_tau * q, buckets)
+    dq, dk, dv = lsh_backward(q, k, v, grad, q_codes, k_codes, q_mask,
+                              k_mask, hash_bits)
   return dq, dk, dv, None, None, None, None
 
 

@@ -145,6 +145,54 @@ def test_sampled_cumulation_and_its_backward_equal_the_dense_formulas():
                              rtol=1e-4, atol=1e-5)
 
 
+
+@pytest.mark.parametrize("codes", ["random", "all_collide", "none_collide"])
+@pytest.mark.parametrize("method", ["pairs", "tables", "auto"])
+def test_lsh_backward_methods_equal_the_dense_formulas(monkeypatch, method,
+                                                       codes):
+  monkeypatch.setattr(yoso, "_PAIR_CHUNK", 16)  # Many chunks, ragged last.
+  rng = np.random.default_rng(11)
+  g, m, n, d, tau = 3, 4, 29, 8, 3
+  q, k, v, grad = (jnp.asarray(rng.normal(size=(g, n, d)), jnp.float32)
+                   for _ in range(4))
+  q_codes = rng.integers(0, 2**tau, (g, m, n))
+  k_codes = rng.integers(0, 2**tau, (g, m, n))
+  if codes == "all_collide":
+    q_codes, k_codes = np.zeros_like(q_codes), np.zeros_like(k_codes)
+  elif codes == "none_collide":
+    q_codes, k_codes = q_codes % 4, 4 + k_codes % 4
+  q_mask = (rng.random((g, n)) > 0.2).astype(np.float32)
+  k_mask = (rng.random((g, n)) > 0.3).astype(np.float32)
+  b = _dense_collisions(q_codes, k_codes, q_mask, k_mask)
+  dq, dk, dv = jax.jit(lambda *x: yoso.lsh_backward(
+      *x, tau, method=method))(q, k, v, grad, jnp.asarray(q_codes),
+                               jnp.asarray(k_codes), q_mask, k_mask)
+  qn, kn, vn, gn = (np.asarray(x, np.float64) for x in (q, k, v, grad))
+  weighted = (gn @ vn.transpose(0, 2, 1)) * b * tau / 2
+  np.testing.assert_allclose(dv, b.transpose(0, 2, 1) @ gn, rtol=1e-4,
+                             atol=1e-5)
+  np.testing.assert_allclose(dq, weighted @ kn, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(dk, weighted.transpose(0, 2, 1) @ qn,
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_pair_count_and_the_switch_to_tables():
+  rng = np.random.default_rng(12)
+  g, m, n, tau = 2, 3, 40, 4
+  q_codes = jnp.asarray(rng.integers(0, 2**tau, (g, m, n)))
+  k_codes = jnp.asarray(rng.integers(0, 2**tau, (g, m, n)))
+  mask = jnp.asarray(_mask(g, n, 7), jnp.float32)
+  counts, _ = yoso.collision_counts(q_codes, k_codes, mask, mask, 2**tau)
+  b = _dense_collisions(q_codes, k_codes, mask, mask)
+  assert int(counts.sum()) == round(b.sum() * m)
+  # Unrelated codes: ~n/2^τ pairs per query, the pair loop is cheaper. All
+  # in one bucket: n pairs per query > d/2, the tables are.
+  assert bool(yoso.prefers_pairs(counts, head_dim=8))
+  same = jnp.zeros_like(q_codes)
+  counts, _ = yoso.collision_counts(same, same, mask, mask, 2**tau)
+  assert not bool(yoso.prefers_pairs(counts, head_dim=8))
+
+
 def test_expectation_backward_is_the_originals_and_near_the_true_gradient():
   rng = np.random.default_rng(8)
   g, n, d, tau = 2, 20, 8, 6
