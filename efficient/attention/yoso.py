@@ -44,14 +44,16 @@ carries it through the normalisation, as PyTorch autograd does there):
 
 with B = E for YOSO-E and B the sampled collision matrix for YOSO; i.e.
 ∂E/∂(q·k) is replaced by (τ/2)·E. In the sampled form the original computes
-these by bucket cumulation (`lsh_weighted_cumulation`: per hash, tables of
-V_j ⊗ K_j read back with dO_i), O(m·n·d²); we compute the same sums either
-that way or over the colliding pairs only (`lsh_backward`: keys sorted by
-bucket, O(d) per pair, like the v2 kernels' sorted pass but with no cap on
-pairs), taking at run time whichever is cheaper for the actual codes. Pairs
-win by far for unrelated q, k (≈ n / 2^τ collisions per query and hash):
-on a 2-core CPU at n = 4096 the backward drops from ~10 s to ~0.3 s
-(docs/attention.md). `backward="expectation"` is the original's
+these by bucket cumulation (`lsh_weighted_cumulation`: per hash and weight
+dimension, tables of V_j[t]·K_j read back with dO_i[t]), O(m·n·d²); we
+compute the same sums either that way or over the colliding pairs only
+(`lsh_backward`: keys sorted by bucket, O(d) per pair, like the v2 kernels'
+sorted pass but with no cap on pairs), taking at run time whichever is
+cheaper for the actual codes. Pairs win for unrelated q, k (≈ n / 2^τ
+collisions per query and hash): on a 2-core CPU at n = 4096, τ = 11 the
+backward is ~10× faster than the tables (docs/attention.md). Tables keep
+the cost linear in n at fixed τ; pairs grow like n²/2^τ, so long sequences
+switch back to tables. `backward="expectation"` is the original's
 `n2_backward` (the O(n²) expectation form of the same formulas).
 
 Differences from the original code, each deliberate:
@@ -212,33 +214,33 @@ def lsh_weighted_cumulation(q_codes, k_codes, q_mask, k_mask, q_weight,
                             k_weight, values, num_buckets):
   """Y_i = (1/m) Σ_h Σ_{j: h(q_i)=h(k_j)} μ_i μ_j (q_weight_i·k_weight_j) v_j.
 
-  The original's `lsh_weighted_cumulation`: per hash, a table of
-  k_weight_j ⊗ v_j per bucket, contracted with q_weight_i at the query's
-  bucket. Memory: one [groups, 2^τ, e, d] table at a time.
+  The original's `lsh_weighted_cumulation` (ver1): one weight dimension t
+  at a time, tables of k_weight_j[t]·v_j read back and scaled by
+  q_weight_i[t]; i.e. `lsh_cumulation` once per t. O(m·n·e·d) time, one
+  [groups, 2^τ, d] table of memory (the e × d outer-product tables all at
+  once took 28× the memory and 1.6× the time on CPU).
   """
-  groups, num_hashes = q_codes.shape[:2]
-  rows = jnp.arange(groups)[:, None]
-  outer = (k_weight * k_mask[..., None])[..., :, None] * values[..., None, :]
-
-  def one_hash(acc, codes):
-    qc, kc = codes
-    table = jnp.zeros((groups, num_buckets) + outer.shape[-2:], outer.dtype)
-    table = table.at[rows, kc].add(outer)
-    return acc + jnp.einsum("gne,gned->gnd", q_weight, table[rows, qc]), None
+  def one_weight_dim(acc, weights):
+    q_w, k_w = weights
+    part = lsh_cumulation(q_codes, k_codes, q_mask, k_mask,
+                          k_w[..., None] * values, num_buckets)
+    return acc + q_w[..., None] * part, None
 
   init = jnp.zeros(q_weight.shape[:2] + values.shape[-1:], values.dtype)
-  out, _ = jax.lax.scan(one_hash, init, (jnp.swapaxes(q_codes, 0, 1),
-                                         jnp.swapaxes(k_codes, 0, 1)))
-  return out * q_mask[..., None] / num_hashes
+  out, _ = jax.lax.scan(one_weight_dim, init,
+                        (jnp.moveaxis(q_weight, -1, 0),
+                         jnp.moveaxis(k_weight, -1, 0)))
+  return out
 
 
 # Pair enumeration: the LSH backward computed over the colliding pairs only.
-# Each pair costs O(d) instead of the tables' O(d²) per token, so this path
+# Each pair costs O(d) instead of the tables' O(d²) per query, so this path
 # wins while buckets are small (≈ n / 2^τ keys per bucket for unrelated
 # vectors: ~2 at n = 4096, τ = 11). Past `_PAIR_LIMIT` pairs per query and
 # hash the tables are cheaper and are used instead; both give the same sums.
 _PAIR_CHUNK = 4096  # pairs per step of the loop: a few MiB of gathered rows
-_PAIR_LIMIT = 1.0  # × head_dim pairs per query and hash before tables win
+_PAIR_LIMIT = 0.4  # × head_dim pairs per query and hash before tables win
+# (crossover measured on a 2-core CPU: ≈ 0.4·d; scripts/bench_yoso_backward.py)
 
 
 def collision_counts(q_codes, k_codes, q_mask, k_mask, num_buckets):
@@ -346,8 +348,8 @@ def lsh_backward(q, k, v, grad, q_codes, k_codes, q_mask, k_mask, hash_bits,
   dV = Bᵀ dO,  dQ_i = Σ_j B_ij (dO_i·V_j)(τ/2) K_j,
   dK_j = Σ_i B_ij (dO_i·V_j)(τ/2) Q_i,  B = (1/m) Σ_h [h(q_i) = h(k_j)] μ_i μ_j.
 
-  `method="tables"` is the original's algorithm (bucket tables of
-  V_j ⊗ K_j, O(m·n·d²)); "pairs" sums over the colliding pairs
+  `method="tables"` is the original's algorithm (bucket tables per weight
+  dimension, O(m·n·d²)); "pairs" sums over the colliding pairs
   (O(m·n·d·pairs per query)); "auto" takes pairs while they average at most
   `_PAIR_LIMIT`·d per query and hash, tables beyond (decided at run time on
   the actual codes, both compiled).
@@ -384,7 +386,7 @@ def lsh_backward(q, k, v, grad, q_codes, k_codes, q_mask, k_mask, hash_bits,
 def prefers_pairs(counts, head_dim):
   """Whether the pair loop is cheaper than tables for these collision counts.
 
-  A pair costs O(d), a table entry O(d²) per token: pairs win while they
+  A pair costs O(d), the tables O(d²) per query: pairs win while they
   average at most `_PAIR_LIMIT`·d per query and hash (counts: [g, m, n] from
   `collision_counts`). Measured crossover on CPU: see docs/attention.md.
   """
