@@ -33,6 +33,9 @@ HPARAMS = {
     "softmax": {},
     "nystrom": {"num_landmarks": 64},
     "yoso": {"hash_bits": 11, "num_hashes": 32},  # LRA ListOps (sampled).
+    # The same with the original's table backward forced (linear in n).
+    "yoso-tables": {"hash_bits": 11, "num_hashes": 32,
+                    "backward": "lsh_tables"},
     "mra": {"block_per_row": 8},
 }
 
@@ -57,9 +60,9 @@ def machine():
 
 def fwd_bwd(method, hparams):
   """jit'd function (q, k, v) -> (loss, grads) for one attention method."""
-  fn = attention_lib.get_attention(method)
+  fn = attention_lib.get_attention(method.split("-")[0])  # "<method>-<variant>"
 
-  if method == "yoso" and hparams.get("sampled", True):
+  if method.startswith("yoso") and hparams.get("sampled", True):
     hparams = dict(hparams, rng=jax.random.PRNGKey(0))  # Hash functions.
 
   def loss(q, k, v):

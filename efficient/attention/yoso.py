@@ -82,7 +82,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-BACKWARDS = ("lsh", "expectation")
+# "lsh": the original's LSH backward, pairs or tables picked at run time;
+# "lsh_pairs" / "lsh_tables" force one algorithm (same sums; `lsh_backward`).
+BACKWARDS = ("lsh", "lsh_pairs", "lsh_tables", "expectation")
 
 
 def _normalize(x, eps=1e-12):
@@ -414,8 +416,10 @@ def _sampled_bwd(hash_bits, backward, residuals, grad):
     weights = _expectation_weights(q, k, q_mask, k_mask, hash_bits)
     dq, dk, dv = _expectation_backward(q, k, v, weights, hash_bits, grad)
   else:
+    method = {"lsh": "auto", "lsh_pairs": "pairs",
+              "lsh_tables": "tables"}[backward]
     dq, dk, dv = lsh_backward(q, k, v, grad, q_codes, k_codes, q_mask,
-                              k_mask, hash_bits)
+                              k_mask, hash_bits, method)
   return dq, dk, dv, None, None, None, None
 
 
@@ -437,8 +441,11 @@ def yoso_attention(q, k, v, *, mask=None, hash_bits=11, num_hashes=32,
     sampled: True for LSH-sampled YOSO, False for YOSO-E (O(n²)).
     rng: PRNG key for the hash functions; required when `sampled`.
     hashing: "hadamard" (the original's fast hash) or "gaussian".
-    backward: "lsh" (bucket cumulation, the LRA default) or "expectation"
-      (the original's O(n²) `n2_backward`); sampled form only.
+    backward: "lsh" (the original's LSH backward, the LRA default; summed
+      over colliding pairs or by bucket tables, whichever is cheaper for
+      the codes at hand), "lsh_pairs" / "lsh_tables" (force one of the two;
+      "lsh_tables" is the original's algorithm and linear in n) or
+      "expectation" (the original's O(n²) `n2_backward`); sampled form only.
     causal: must be False (see the module docstring).
 
   Returns:

@@ -313,6 +313,24 @@ def test_expectation_backward_option_equals_yoso_e_backward():
     assert all(np.isfinite(x).all() for x in loss(kw)(q, k, v))
 
 
+
+def test_lsh_backward_choices_give_one_gradient():
+  q, k, v = _inputs(15, length=21)
+  mask = jnp.asarray(_mask(2, 21, 5))
+
+  def grads(backward):
+    return jax.grad(lambda q, k, v: jnp.sum(jnp.sin(yoso.yoso_attention(
+        q, k, v, mask=mask, hash_bits=3, num_hashes=6,
+        rng=jax.random.PRNGKey(3), backward=backward))),
+                    argnums=(0, 1, 2))(q, k, v)
+
+  want = grads("lsh_tables")
+  assert float(jnp.abs(want[0]).max()) > 1e-3  # Not trivially zero.
+  for backward in ("lsh", "lsh_pairs"):
+    for a, b in zip(grads(backward), want):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_jit_vmap_and_sharded_agree():
   q, k, v = _inputs(15, batch=8, length=20)
   mask = jnp.asarray(_mask(8, 20, 5))

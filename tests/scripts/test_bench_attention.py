@@ -17,10 +17,11 @@ def test_bench_attention_writes_one_record_per_method_and_length(tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   records = json.loads(out.read_text())
   assert {(r["method"], r["length"]) for r in records} == {
-      (m, n) for m in ("softmax", "nystrom", "yoso", "mra") for n in (64, 128)}
+      (m, n) for m in ("softmax", "nystrom", "yoso", "yoso-tables", "mra")
+      for n in (64, 128)}
   for r in records:
     assert r["time_ms"] > 0 and len(r["times_ms"]) == 1
     assert r["temp_bytes"] >= 0 and r["device"] and r["platform"] == "cpu"
-  for method in ("nystrom", "yoso", "mra"):
+  for method in ("nystrom", "yoso", "yoso-tables", "mra"):
     assert f"| {method} | 128 |" in result.stdout
   assert png.stat().st_size > 1000
