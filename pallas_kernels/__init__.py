@@ -1,0 +1,1 @@
+"""Pallas kernels for the hot paths, each beside a plain-jnp reference."""

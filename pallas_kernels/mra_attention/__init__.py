@@ -1,0 +1,152 @@
+"""MRA-2's selected-block attention as Pallas kernels (forward and backward).
+
+  out, norm, row_max = mra_block_sparse(q, k, v, key_mask, selected)
+
+computes `reference.mra_block_sparse_reference` (the high-resolution part
+of MRA-2, Zeng et al., ICML 2022, Sec. 4) for a dense [groups, nb, nb]
+boolean block selection, touching only the selected b × b tiles. The
+selection becomes per-row lists of key blocks (and, for dK/dV, per-column
+lists of query blocks) by a stable argsort, so rows may select any number of
+blocks, from none to all. `jax.custom_vjp` pairs the forward kernel with the
+dQ and dK/dV kernels (kernel.py); the row max gets no gradient.
+
+Backends: `interpret=True` runs anywhere (the CPU tests). The kernels use
+only `pl.ds` slicing, `fori_loop` and dots, the subset jax's own GPU
+attention kernel uses; GPU and TPU compilation have not been run yet (no
+device lent so far), so `efficient.attention.mra` defaults to `impl="xla"`.
+"""
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from pallas_kernels.mra_attention import kernel
+from pallas_kernels.mra_attention import reference
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BlockSizes:
+  """Tile sizes. `block` is MRA's block (tokens per block, 32 in MRA-2)."""
+  block: int = 32
+
+  def __post_init__(self):
+    if self.block < 1 or self.block & (self.block - 1):
+      raise ValueError(f"BlockSizes.block={self.block}: a power of two")
+
+
+def block_lists(selected):
+  """Per-row lists from a [g, nb, nb] bool selection: (index, count).
+
+  index[g, I, :count[g, I]] are row I's selected columns, ascending; the
+  rest of the row is padding (never read).
+  """
+  count = selected.sum(-1, dtype=jnp.int32)
+  index = jnp.argsort(~selected, axis=-1, stable=True).astype(jnp.int32)
+  return index, count
+
+
+def _call(body, index, count, blocked, whole, outputs, *, block, interpret):
+  """pallas_call over (group, block row), the layout all three kernels share.
+
+  The kernel gets the row's list and count, its own `block` rows of each
+  `blocked` array, each `whole` array entire (for `pl.ds` slicing), then
+  one block of each output.
+  """
+  groups, nb, width = index.shape
+
+  def spec(x, per_block):
+    tail = x.shape[2:]
+    if per_block:
+      return pl.BlockSpec((None, block) + tail,
+                          lambda g, i: (g, i) + (0,) * len(tail))
+    return pl.BlockSpec((None,) + x.shape[1:],
+                        lambda g, i: (g,) + (0,) * (len(x.shape) - 1))
+
+  in_specs = [pl.BlockSpec((None, None, width), lambda g, i: (g, i, 0)),
+              pl.BlockSpec((None, 1), lambda g, i: (g, i))]
+  in_specs += [spec(x, True) for x in blocked]
+  in_specs += [spec(x, False) for x in whole]
+  return pl.pallas_call(
+      body, grid=(groups, nb), in_specs=in_specs,
+      out_specs=[spec(o, True) for o in outputs], out_shape=outputs,
+      interpret=interpret)(index, count, *blocked, *whole)
+
+
+def _forward(q, k, v, key_mask, selected, block_sizes, interpret):
+  groups, n, d = q.shape
+  block = block_sizes.block
+  if n % block:
+    raise ValueError(f"sequence length {n} is not a multiple of the block "
+                     f"{block}; pad first (efficient.attention.mra does)")
+  if selected.shape != (groups, n // block, n // block):
+    raise ValueError(f"selected has shape {selected.shape}, expected "
+                     f"{(groups, n // block, n // block)}")
+  index, count = block_lists(selected)
+  f32 = lambda *shape: jax.ShapeDtypeStruct((groups, n) + shape, jnp.float32)
+  body = functools.partial(kernel.forward_kernel, block=block,
+                           scale=1 / math.sqrt(d))
+  return _call(body, index, count, [q], [k, v, key_mask],
+               [f32(d), f32(), f32()], block=block, interpret=interpret)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _mra_block_sparse(q, k, v, key_mask, selected, block_sizes, interpret):
+  out, norm, row_max = _forward(q, k, v, key_mask, selected, block_sizes,
+                                interpret)
+  return out, norm, row_max
+
+
+def _fwd(q, k, v, key_mask, selected, block_sizes, interpret):
+  out, norm, row_max = _forward(q, k, v, key_mask, selected, block_sizes,
+                                interpret)
+  return (out, norm, row_max), (q, k, v, key_mask, selected, row_max)
+
+
+def _bwd(block_sizes, interpret, residuals, cotangents):
+  q, k, v, key_mask, selected, row_max = residuals
+  dout, dnorm, _ = cotangents  # The row max is a constant (reference.py).
+  d = q.shape[-1]
+  block = block_sizes.block
+  scale = 1 / math.sqrt(d)
+  dout, dnorm = dout.astype(q.dtype), dnorm.astype(jnp.float32)
+  index, count = block_lists(selected)
+  (dq,) = _call(
+      functools.partial(kernel.dq_kernel, block=block, scale=scale),
+      index, count, [q, dout, dnorm, row_max], [k, v, key_mask],
+      [jax.ShapeDtypeStruct(q.shape, jnp.float32)], block=block,
+      interpret=interpret)
+  # dK/dV: one program per key block J, over the query blocks that chose J.
+  t_index, t_count = block_lists(jnp.swapaxes(selected, 1, 2))
+  dk, dv = _call(
+      functools.partial(kernel.dkv_kernel, block=block, scale=scale),
+      t_index, t_count, [k, v, key_mask], [q, dout, dnorm, row_max],
+      [jax.ShapeDtypeStruct(k.shape, jnp.float32)] * 2, block=block,
+      interpret=interpret)
+  return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None,
+          None)
+
+
+_mra_block_sparse.defvjp(_fwd, _bwd)
+
+
+def mra_block_sparse(q, k, v, key_mask, selected, *, block_sizes=None,
+                     interpret=False):
+  """MRA-2's high-resolution part on the selected blocks (Pallas).
+
+  Args:
+    q, k, v: `[groups, n, d]`, n a multiple of `block_sizes.block`.
+    key_mask: `[groups, n]` float, 1 for real keys.
+    selected: `[groups, n/block, n/block]` bool block selection.
+    block_sizes: `BlockSizes` (default: block 32).
+    interpret: run the kernels in the Pallas interpreter (any backend).
+
+  Returns:
+    (out `[groups, n, d]`, norm `[groups, n]`, row_max `[groups, n]`), all
+    float32, as `reference.mra_block_sparse_reference`.
+  """
+  block_sizes = block_sizes or BlockSizes()
+  return _mra_block_sparse(q, k, v, key_mask.astype(jnp.float32),
+                           selected, block_sizes, interpret)
