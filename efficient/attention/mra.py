@@ -114,7 +114,10 @@ import math
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels import mra_attention as mra_kernels
+
 APPROX_MODES = ("full", "sparse")
+IMPLS = ("xla", "pallas")
 _MASK_PENALTY = 1e4  # The original's additive penalty for masked entries.
 _PRIOR_BONUS = 5e3  # The original's score bonus for prior blocks.
 _EMPTY_ROW_MAX = -1e5  # index_max's value for rows with no selected block.
@@ -192,23 +195,9 @@ def _select(scores, num_blocks):
   return flat, values.min()
 
 
-def _head(q, k, v, mu, *, block_size, num_blocks, approx_mode, first_n,
-          diag_n, masked):
-  """MRA-2 for one (example, head): q, k, v `[n, d]`, mu `[n]`."""
-  n, d = q.shape
-  nb = n // block_size
-  if masked:
-    q, k, v = (x * mu[:, None] for x in (q, k, v))
-
-  logits, row_max, counts, v_hat = _low_resolution(q, k, v, mu, block_size,
-                                                   masked)
-  if approx_mode == "sparse":  # Selection only (the original's no_grad).
-    logits, row_max = jax.lax.stop_gradient((logits, row_max))
-  scores = _block_scores(logits, row_max, first_n, diag_n)
-  flat, threshold = _select(scores, num_blocks)
-  row_blk, col_blk = flat // nb, flat % nb
-
-  # High resolution on the k selected block pairs.
+def _selected_xla(q, k, v, mu, row_blk, col_blk, nb, block_size, masked):
+  """(out_hi [nb, b, d], norm_hi [nb, b], row_max_hi [nb, b]) by gathers."""
+  d = q.shape[-1]
   blocks = lambda x: x.reshape(nb, block_size, -1)
   q_sel = blocks(q)[row_blk]  # [k, b, d]
   k_sel = blocks(k)[col_blk]
@@ -225,6 +214,45 @@ def _head(q, k, v, mu, *, block_size, num_blocks, approx_mode, first_n,
   out_hi = jax.ops.segment_sum(jnp.einsum("kij,kjd->kid", p, v_sel), row_blk,
                                num_segments=nb)  # [nb, b, d]
   norm_hi = jax.ops.segment_sum(p.sum(-1), row_blk, num_segments=nb)
+  return out_hi, norm_hi, row_max_hi
+
+
+def _selected_pallas(q, k, v, mu, flat, nb, block_size):
+  """The same triple from pallas_kernels/mra_attention (interpreted on CPU)."""
+  chosen = jnp.zeros(nb * nb, bool).at[flat].set(True).reshape(nb, nb)
+  out_hi, norm_hi, row_max_hi = mra_kernels.mra_block_sparse(
+      q[None], k[None], v[None], mu[None], chosen[None],
+      block_sizes=mra_kernels.BlockSizes(block_size),
+      interpret=jax.default_backend() == "cpu")
+  blocks = lambda x: x.reshape((nb, block_size) + x.shape[2:])
+  return (blocks(out_hi).astype(v.dtype), blocks(norm_hi).astype(v.dtype),
+          blocks(row_max_hi).astype(v.dtype))
+
+
+def _head(q, k, v, mu, *, block_size, num_blocks, approx_mode, first_n,
+          diag_n, masked, impl):
+  """MRA-2 for one (example, head): q, k, v `[n, d]`, mu `[n]`."""
+  n, d = q.shape
+  nb = n // block_size
+  if masked:
+    q, k, v = (x * mu[:, None] for x in (q, k, v))
+
+  logits, row_max, counts, v_hat = _low_resolution(q, k, v, mu, block_size,
+                                                   masked)
+  if approx_mode == "sparse":  # Selection only (the original's no_grad).
+    logits, row_max = jax.lax.stop_gradient((logits, row_max))
+  scores = _block_scores(logits, row_max, first_n, diag_n)
+  flat, threshold = _select(scores, num_blocks)
+  row_blk, col_blk = flat // nb, flat % nb
+
+  # High resolution on the k selected block pairs.
+  if impl == "pallas":
+    out_hi, norm_hi, row_max_hi = _selected_pallas(q, k, v, mu, flat, nb,
+                                                   block_size)
+  else:
+    out_hi, norm_hi, row_max_hi = _selected_xla(q, k, v, mu, row_blk,
+                                                col_blk, nb, block_size,
+                                                masked)
 
   if approx_mode == "sparse":
     out = out_hi / (norm_hi[..., None] + 1e-6)
@@ -272,7 +300,7 @@ def _prepare(q, k, v, mask, block_size):
 
 @functools.partial(jax.jit, static_argnames=(
     "block_size", "num_blocks", "approx_mode", "first_n", "diag_n", "masked",
-    "heads_per_step"))
+    "heads_per_step", "impl"))
 def _mra(q, k, v, mu, heads_per_step=None, **static):
   per_head = functools.partial(_head, **static)
   if heads_per_step is None:
@@ -291,7 +319,7 @@ def _mra(q, k, v, mu, heads_per_step=None, **static):
 def mra_attention(q, k, v, *, mask=None, block_size=32, block_per_row=8,
                   approx_mode="full", initial_prior_first_n_blocks=1,
                   initial_prior_diagonal_n_blocks=0, heads_per_step=1,
-                  causal=False):
+                  impl="xla", causal=False):
   """MRA-2 approximate self-attention (see the module docstring).
 
   Args:
@@ -318,6 +346,10 @@ def mra_attention(q, k, v, *, mask=None, block_size=32, block_per_row=8,
       forward+backward with 1, 209 MiB with None). None computes all heads
       at once (one vmap; no loop, no recomputation). The results are the
       same either way.
+    impl: "xla" (gathers of the selected blocks, the default) or "pallas"
+      (pallas_kernels/mra_attention: the selected-block part as Pallas
+      kernels, forward and backward; run by the Pallas interpreter on CPU,
+      so only a correctness path there; block_size a power of two).
     causal: must be False (no causal form exists; raises ValueError).
 
   Returns:
@@ -330,6 +362,8 @@ def mra_attention(q, k, v, *, mask=None, block_size=32, block_per_row=8,
                                      heads_per_step < 1):
     raise ValueError(f"heads_per_step={heads_per_step!r}: a positive int or "
                      "None")
+  if impl not in IMPLS:
+    raise ValueError(f"impl={impl!r}: one of {IMPLS}")
   length = q.shape[1]
   qp, kp, vp, mu, masked = _prepare(q, k, v, mask, block_size)
   nb = qp.shape[2] // block_size
@@ -338,7 +372,7 @@ def mra_attention(q, k, v, *, mask=None, block_size=32, block_per_row=8,
              approx_mode=approx_mode,
              first_n=initial_prior_first_n_blocks,
              diag_n=initial_prior_diagonal_n_blocks, masked=masked,
-             heads_per_step=heads_per_step)
+             heads_per_step=heads_per_step, impl=impl)
   return jnp.swapaxes(out, 1, 2)[:, :length].astype(v.dtype)
 
 

@@ -89,7 +89,8 @@ def _forward(q, k, v, key_mask, selected, block_sizes, interpret):
   body = functools.partial(kernel.forward_kernel, block=block,
                            scale=1 / math.sqrt(d))
   return _call(body, index, count, [q], [k, v, key_mask],
-               [f32(d), f32(), f32()], block=block, interpret=interpret)
+               [f32(v.shape[-1]), f32(), f32()], block=block,
+               interpret=interpret)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
@@ -123,7 +124,8 @@ def _bwd(block_sizes, interpret, residuals, cotangents):
   dk, dv = _call(
       functools.partial(kernel.dkv_kernel, block=block, scale=scale),
       t_index, t_count, [k, v, key_mask], [q, dout, dnorm, row_max],
-      [jax.ShapeDtypeStruct(k.shape, jnp.float32)] * 2, block=block,
+      [jax.ShapeDtypeStruct(k.shape, jnp.float32),
+       jax.ShapeDtypeStruct(v.shape, jnp.float32)], block=block,
       interpret=interpret)
   return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None,
           None)
@@ -137,14 +139,15 @@ def mra_block_sparse(q, k, v, key_mask, selected, *, block_sizes=None,
   """MRA-2's high-resolution part on the selected blocks (Pallas).
 
   Args:
-    q, k, v: `[groups, n, d]`, n a multiple of `block_sizes.block`.
+    q, k: `[groups, n, d]`, n a multiple of `block_sizes.block`.
+    v: `[groups, n, dv]`.
     key_mask: `[groups, n]` float, 1 for real keys.
     selected: `[groups, n/block, n/block]` bool block selection.
     block_sizes: `BlockSizes` (default: block 32).
     interpret: run the kernels in the Pallas interpreter (any backend).
 
   Returns:
-    (out `[groups, n, d]`, norm `[groups, n]`, row_max `[groups, n]`), all
+    (out `[groups, n, dv]`, norm `[groups, n]`, row_max `[groups, n]`), all
     float32, as `reference.mra_block_sparse_reference`.
   """
   block_sizes = block_sizes or BlockSizes()

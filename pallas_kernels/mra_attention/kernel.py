@@ -102,7 +102,8 @@ def dkv_kernel(index_ref, count_ref, k_ref, v_ref, mask_ref, q_ref, dout_ref,
                                   preferred_element_type=jnp.float32) * scale
     return dk, dv
 
-  zeros = jnp.zeros(dk_ref.shape, jnp.float32)
-  dk, dv = jax.lax.fori_loop(0, count_ref[0], body, (zeros, zeros))
+  dk, dv = jax.lax.fori_loop(0, count_ref[0], body,
+                             (jnp.zeros(dk_ref.shape, jnp.float32),
+                              jnp.zeros(dv_ref.shape, jnp.float32)))
   dk_ref[...] = dk
   dv_ref[...] = dv

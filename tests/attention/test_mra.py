@@ -337,3 +337,35 @@ def test_heads_per_step_changes_memory_not_results(mode):
     got = value_and_grads(heads_per_step)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("approx_mode,length,masked", [
+    ("full", 100, True), ("sparse", 64, False), ("full", 96, False)])
+def test_pallas_impl_equals_xla_impl(approx_mode, length, masked):
+  """impl="pallas" (kernels interpreted on CPU) = the gather path, values
+  and gradients, for ragged lengths, padding and both modes."""
+  rng = np.random.default_rng(21)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, length, 2, 8)), jnp.float32)
+             for _ in range(3))
+  mask = None
+  if masked:
+    mask = np.ones((2, length), bool)
+    mask[1, 70:] = False
+    mask = jnp.asarray(mask)
+  kwargs = dict(mask=mask, block_size=16, block_per_row=2,
+                approx_mode=approx_mode)
+
+  def loss(impl):
+    return lambda q, k, v: jnp.sum(jnp.sin(mra.mra_attention(
+        q, k, v, impl=impl, **kwargs)))
+
+  np.testing.assert_allclose(
+      mra.mra_attention(q, k, v, impl="pallas", **kwargs),
+      mra.mra_attention(q, k, v, **kwargs), atol=1e-6)
+  got = jax.grad(loss("pallas"), argnums=(0, 1, 2))(q, k, v)
+  want = jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(got, want):
+    assert float(jnp.abs(b).max()) > 1e-3
+    np.testing.assert_allclose(a, b, atol=2e-6)
+  with pytest.raises(ValueError, match="impl="):
+    mra.mra_attention(q, k, v, impl="cuda")
