@@ -2,18 +2,67 @@
 
   Attention(Q, K, V) = softmax(Q Kᵀ / sqrt(d)) V
 
-Computed by `jax.nn.dot_product_attention`, which lets XLA (or cuDNN, when
-asked for) fuse it. With `dropout_rate > 0` (the LRA harness drops 10% of the
-attention probabilities during training) the weights are formed explicitly,
-since the fused op has no dropout. Padded keys get zero weight; queries at
-padded positions still produce outputs (callers ignore them).
+Which implementation runs (`implementation="auto"`, `choose_implementation`):
+
+  * GPU: cuDNN's fused flash attention (`jax.nn.dot_product_attention(
+    implementation="cudnn")`) for fp16/bf16 inputs, head_dim a multiple of 8
+    up to 128, no key-padding mask and no dropout — what cuDNN accepts;
+    XLA otherwise (cuDNN has no fp32 flash path).
+  * TPU: jax's own Pallas flash attention
+    (`jax.experimental.pallas.ops.tpu.flash_attention`) when the lengths
+    are multiples of 128 and there is no dropout; a key-padding mask goes in
+    as segment ids (real tokens 1, padding 0). XLA otherwise.
+  * CPU and anything else: XLA (`jax.nn.dot_product_attention`, which XLA
+    fuses).
+
+We do not hand-write a flash attention: jax and cuDNN ship tuned ones. The
+GPU and TPU branches are chosen by the rules above but have not been run on
+such hardware yet (no device lent to this work so far); pass
+`implementation="xla"` to rule them out. With `dropout_rate > 0` (the LRA
+harness drops 10% of the attention probabilities during training) the
+weights are formed explicitly, since the fused ops have no dropout. Padded
+keys get zero weight; queries at padded positions still produce outputs
+(callers ignore them).
 """
+import math
+
 import jax
 import jax.numpy as jnp
 
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "pallas_tpu")
+
+
+def choose_implementation(platform, dtype, *, head_dim, q_length, kv_length,
+                          masked, dropout):
+  """The implementation "auto" resolves to (see the module docstring)."""
+  if dropout:
+    return "xla"
+  if platform == "gpu":
+    cudnn_ok = (jnp.dtype(dtype) in (jnp.dtype(jnp.float16),
+                                     jnp.dtype(jnp.bfloat16))
+                and head_dim % 8 == 0 and head_dim <= 128 and not masked)
+    return "cudnn" if cudnn_ok else "xla"
+  if platform == "tpu" and q_length % 128 == 0 and kv_length % 128 == 0:
+    return "pallas_tpu"
+  return "xla"
+
+
+def _pallas_tpu(q, k, v, mask, causal):
+  from jax.experimental.pallas.ops.tpu import flash_attention  # pylint: disable=g-import-not-at-top
+  heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # [b, h, n, d]
+  segment_ids = None
+  if mask is not None:
+    segment_ids = flash_attention.SegmentIds(
+        q=jnp.ones(q.shape[:2], jnp.int32), kv=mask.astype(jnp.int32))
+  out = flash_attention.flash_attention(
+      heads_first(q), heads_first(k), heads_first(v),
+      segment_ids=segment_ids, causal=causal,
+      sm_scale=1 / math.sqrt(q.shape[-1]))
+  return heads_first(out)
+
 
 def softmax_attention(q, k, v, *, mask=None, causal=False,
-                      implementation=None, dropout_rate=0.0,
+                      implementation="auto", dropout_rate=0.0,
                       dropout_rng=None):
   """Softmax attention over `[batch, length, heads, head_dim]` inputs.
 
@@ -23,8 +72,8 @@ def softmax_attention(q, k, v, *, mask=None, causal=False,
     v: values `[batch, kv_length, heads, head_dim]`.
     mask: optional `[batch, kv_length]` bool, True for real keys.
     causal: mask out keys after each query (autoregressive decoding).
-    implementation: passed to `jax.nn.dot_product_attention` (None lets jax
-      choose; "cudnn" on GPU; "xla").
+    implementation: "auto" (by device and shapes, module docstring),
+      "xla", "cudnn" (GPU) or "pallas_tpu" (TPU).
     dropout_rate: probability of zeroing an attention weight (training only);
       needs `dropout_rng`.
     dropout_rng: PRNG key for the dropout mask.
@@ -32,6 +81,16 @@ def softmax_attention(q, k, v, *, mask=None, causal=False,
   Returns:
     `[batch, q_length, heads, head_dim]`, in the dtype of `q`.
   """
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"implementation={implementation!r}: one of "
+                     f"{IMPLEMENTATIONS}")
+  if implementation == "auto":
+    implementation = choose_implementation(
+        jax.default_backend(), q.dtype, head_dim=q.shape[-1],
+        q_length=q.shape[1], kv_length=k.shape[1], masked=mask is not None,
+        dropout=dropout_rate > 0)
+  if implementation == "pallas_tpu" and dropout_rate == 0.0:
+    return _pallas_tpu(q, k, v, mask, causal)
   if mask is not None:
     mask = mask[:, None, None, :]  # -> [batch, heads, q, kv] by broadcasting.
   if causal:

@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from efficient.attention import encoder
 from flax.linen import unbox as nn_unbox
@@ -123,3 +124,35 @@ def test_mean_padded_pooling_reproduces_the_original_scaling():
                                     np.asarray(h - bias)[0], rcond=None)[0]
   np.testing.assert_allclose(solve(pooled["original"]),
                              solve(pooled["ours"]) * 4 / 16, atol=1e-4)
+
+
+@pytest.mark.parametrize("platform,dtype,head_dim,length,masked,dropout,want", [
+    ("gpu", jnp.bfloat16, 64, 1000, False, False, "cudnn"),
+    ("gpu", jnp.float16, 128, 1000, False, False, "cudnn"),
+    ("gpu", jnp.float32, 64, 1000, False, False, "xla"),  # No fp32 cuDNN.
+    ("gpu", jnp.bfloat16, 64, 1000, True, False, "xla"),
+    ("gpu", jnp.bfloat16, 256, 1000, False, False, "xla"),
+    ("gpu", jnp.bfloat16, 60, 1000, False, False, "xla"),
+    ("gpu", jnp.bfloat16, 64, 1000, False, True, "xla"),
+    ("tpu", jnp.float32, 64, 1024, True, False, "pallas_tpu"),
+    ("tpu", jnp.float32, 64, 1000, False, False, "xla"),
+    ("tpu", jnp.float32, 64, 1024, False, True, "xla"),
+    ("cpu", jnp.bfloat16, 64, 1024, False, False, "xla"),
+])
+def test_softmax_dispatch_rules(platform, dtype, head_dim, length, masked,
+                                dropout, want):
+  assert softmax.choose_implementation(
+      platform, dtype, head_dim=head_dim, q_length=length, kv_length=length,
+      masked=masked, dropout=dropout) == want
+
+
+def test_softmax_auto_on_cpu_is_xla():
+  rng = np.random.default_rng(5)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 24, 2, 8)), jnp.float32)
+             for _ in range(3))
+  mask = jnp.asarray(rng.random((2, 24)) > 0.2)
+  np.testing.assert_array_equal(
+      softmax.softmax_attention(q, k, v, mask=mask),
+      softmax.softmax_attention(q, k, v, mask=mask, implementation="xla"))
+  with pytest.raises(ValueError, match="implementation="):
+    softmax.softmax_attention(q, k, v, implementation="flash")
