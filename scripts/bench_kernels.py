@@ -1,0 +1,172 @@
+r"""Pallas kernels against their XLA references and dense softmax attention.
+
+For each length: forward and forward+backward time (median of --repeats
+after a warm-up) and XLA's compiled peak temporaries of
+
+  softmax      dense attention, `softmax_attention(implementation="auto")`
+               (cuDNN flash attention on GPU for bf16/fp16, XLA otherwise)
+  mra_xla      MRA-2 sparse (block 32, --block_per_row), the gather path
+  mra_pallas   the same through pallas_kernels/mra_attention
+
+with achieved TFLOP/s and GB/s (model FLOPs and the q, k, v, output bytes)
+beside the device's peaks measured in the same run (a large matmul, a large
+copy). Batch 1, --heads × --head_dim. On CPU the Pallas kernels only run
+interpreted, so their rows are reported "not run" and the CPU figures are
+XLA-only. JSON + a printed table.
+
+  python scripts/bench_kernels.py --out docs/bench_kernels_<device>.json
+  python scripts/bench_kernels.py --lengths 4096 --dtype float32   # quick
+"""
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from bench_attention import machine  # scripts/ is on sys.path when run
+from efficient.attention import mra
+from efficient.attention import softmax
+
+METHODS = ("softmax", "mra_xla", "mra_pallas")
+
+
+def _median_ms(fn, args, repeats):
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append((time.perf_counter() - start) * 1e3)
+  return statistics.median(times)
+
+
+def device_peaks(dtype, repeats):
+  """Measured matmul TFLOP/s and copy GB/s of this device."""
+  size = 8192 if jax.default_backend() != "cpu" else 1024
+  a = jnp.ones((size, size), dtype)
+  matmul = jax.jit(lambda a: a @ a)
+  tflops = 2 * size**3 / _median_ms(matmul, (a,), repeats) / 1e9
+  x = jnp.ones((64 * 2**20,), jnp.float32)  # 256 MiB.
+  copy = jax.jit(lambda x: x * 1.0001)
+  gbps = 2 * x.nbytes / _median_ms(copy, (x,), repeats) / 1e6
+  return {"peak_tflops": tflops, "peak_gbps": gbps}
+
+
+def attention_fn(method, block_per_row):
+  if method == "softmax":
+    return softmax.softmax_attention
+  impl = method.split("_")[1]
+  return lambda q, k, v: mra.mra_attention(
+      q, k, v, block_per_row=block_per_row, approx_mode="sparse", impl=impl)
+
+
+def model_flops(method, n, heads, head_dim, block_per_row):
+  """Forward FLOPs of the attention itself (QKᵀ and PV)."""
+  if method == "softmax":
+    return 4 * n * n * head_dim * heads
+  blocks = min(n // 32 * block_per_row, (n // 32)**2)
+  return 4 * blocks * 32 * 32 * head_dim * heads
+
+
+def measure(method, n, *, heads, head_dim, dtype, block_per_row, repeats,
+            max_bytes):
+  record = {"method": method, "length": n, "heads": heads,
+            "head_dim": head_dim, "dtype": jnp.dtype(dtype).name,
+            "block_per_row": block_per_row}
+  if method == "mra_pallas" and jax.default_backend() == "cpu":
+    record["note"] = "not run: Pallas kernels run interpreted on CPU"
+    return record
+  keys = jax.random.split(jax.random.PRNGKey(n), 3)
+  q, k, v = (jax.random.normal(key, (1, n, heads, head_dim), dtype)
+             for key in keys)
+  fn = attention_fn(method, block_per_row)
+  forward = jax.jit(fn)
+  backward = jax.jit(jax.grad(
+      lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32)),
+      argnums=(0, 1, 2)))
+  flops = model_flops(method, n, heads, head_dim, block_per_row)
+  nbytes = 4 * n * heads * head_dim * jnp.dtype(dtype).itemsize
+  for name, f, scale in (("fwd", forward, 1.0), ("fwd_bwd", backward, 3.5)):
+    compiled = f.lower(q, k, v).compile()
+    record[f"{name}_temp_bytes"] = int(
+        compiled.memory_analysis().temp_size_in_bytes)
+    if record[f"{name}_temp_bytes"] > max_bytes:
+      record["note"] = (f"not run: {name} needs "
+                        f"{record[f'{name}_temp_bytes'] / 2**30:.1f} GiB of "
+                        "temporaries (> --max_gb)")
+      return record
+    ms = _median_ms(compiled, (q, k, v), repeats)
+    record[f"{name}_ms"] = ms
+    record[f"{name}_tflops"] = scale * flops / ms / 1e9
+    record[f"{name}_gbps"] = scale * nbytes / ms / 1e6
+  return record
+
+
+def table(records):
+  lines = ["| method | n | fwd ms | fwd+bwd ms | fwd+bwd vs softmax | "
+           "TFLOP/s (fwd+bwd) | temp MiB (fwd+bwd) |",
+           "|---|---|---|---|---|---|---|"]
+  base = {r["length"]: r for r in records if r["method"] == "softmax"}
+  for r in records:
+    if "fwd_bwd_ms" not in r:
+      lines.append(f"| {r['method']} | {r['length']} | {r['note']} |||||")
+      continue
+    ref = base.get(r["length"], {})
+    ratio = (f"{ref['fwd_bwd_ms'] / r['fwd_bwd_ms']:.2f}×"
+             if "fwd_bwd_ms" in ref and r is not ref else "—")
+    lines.append(f"| {r['method']} | {r['length']} | {r['fwd_ms']:.2f} | "
+                 f"{r['fwd_bwd_ms']:.2f} | {ratio} | "
+                 f"{r['fwd_bwd_tflops']:.2f} | "
+                 f"{r['fwd_bwd_temp_bytes'] / 2**20:.1f} |")
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--methods", default=",".join(METHODS))
+  parser.add_argument("--lengths", default="4096,16384,65536")
+  parser.add_argument("--heads", type=int, default=4)
+  parser.add_argument("--head_dim", type=int, default=64)
+  parser.add_argument("--block_per_row", type=int, default=16)
+  parser.add_argument("--dtype", default=None,
+                      help="default: bfloat16 on GPU/TPU, float32 on CPU")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--max_gb", type=float, default=12.0,
+                      help="skip running configs needing more temporaries")
+  parser.add_argument("--out", default=None, help="JSON output file")
+  args = parser.parse_args()
+  methods = args.methods.split(",")
+  if any(m not in METHODS for m in methods):
+    parser.error(f"--methods: choose from {METHODS}")
+  dtype = jnp.dtype(args.dtype or (
+      "float32" if jax.default_backend() == "cpu" else "bfloat16"))
+  info = dict(machine(), **device_peaks(dtype, args.repeats))
+  print(f"machine: {info}", flush=True)
+  records = []
+  for n in (int(x) for x in args.lengths.split(",")):
+    for method in methods:
+      try:
+        record = measure(method, n, heads=args.heads, head_dim=args.head_dim,
+                         dtype=dtype, block_per_row=args.block_per_row,
+                         repeats=args.repeats,
+                         max_bytes=args.max_gb * 2**30)
+      except Exception as e:  # pylint: disable=broad-except
+        # Out of memory (dense softmax at 65536) or an unsupported shape:
+        # record it and go on with the rest of the sweep.
+        record = {"method": method, "length": n,
+                  "note": f"failed: {type(e).__name__}: {str(e)[:200]}"}
+      record.update(info)
+      records.append(record)
+      print(f"  {method:>10} n={n:>6}: "
+            f"{record.get('fwd_bwd_ms', record.get('note'))}", flush=True)
+  print(table(records))
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(records, f, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
