@@ -58,6 +58,17 @@ def machine():
           "cpu_cores": os.cpu_count(), "jax": jax.__version__}
 
 
+def median_ms(fn, args, repeats):
+  """Median wall time of `repeats` calls after one warm-up call, in ms."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append((time.perf_counter() - start) * 1e3)
+  return statistics.median(times), times
+
+
 def fwd_bwd(method, hparams):
   """jit'd function (q, k, v) -> (loss, grads) for one attention method."""
   fn = attention_lib.get_attention(method.split("-")[0])  # "<method>-<variant>"
@@ -93,13 +104,8 @@ def measure(method, length, *, batch, heads, head_dim, repeats, max_bytes):
                   note=f"not run: needs {record['temp_bytes'] / 2**30:.1f} "
                   f"GiB of temporaries (> --max_gb)")
     return record
-  jax.block_until_ready(compiled(q, k, v))  # Warm-up.
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(q, k, v))
-    times.append((time.perf_counter() - start) * 1e3)
-  record.update(time_ms=statistics.median(times), times_ms=times)
+  time_ms, times = median_ms(compiled, (q, k, v), repeats)
+  record.update(time_ms=time_ms, times_ms=times)
   return record
 
 

@@ -19,13 +19,11 @@ XLA-only. JSON + a printed table.
 """
 import argparse
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
-from bench_attention import machine  # scripts/ is on sys.path when run
+from bench_attention import machine, median_ms  # scripts/ is on sys.path
 from efficient.attention import mra
 from efficient.attention import softmax
 
@@ -33,13 +31,7 @@ METHODS = ("softmax", "mra_xla", "mra_pallas")
 
 
 def _median_ms(fn, args, repeats):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append((time.perf_counter() - start) * 1e3)
-  return statistics.median(times)
+  return median_ms(fn, args, repeats)[0]
 
 
 def device_peaks(dtype, repeats):

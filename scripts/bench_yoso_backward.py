@@ -12,14 +12,12 @@ a table and a PNG.
 """
 import argparse
 import json
-import statistics
-import time
 
 import jax
 import numpy as np
 
 from efficient.attention import yoso
-from bench_attention import machine  # scripts/ is on sys.path when run
+from bench_attention import machine, median_ms  # scripts/ is on sys.path
 
 METHODS = ("pairs", "tables")
 
@@ -35,15 +33,10 @@ def measure(method, pairs_per_query, *, length, head_dim, hashes, hash_bits,
   mask = np.ones((1, length), np.float32)
   run = jax.jit(lambda *x: yoso.lsh_backward(*x, hash_bits, method=method))
   args = (q, k, v, grad, q_codes, k_codes, mask, mask)
-  jax.block_until_ready(run(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(run(*args))
-    times.append((time.perf_counter() - start) * 1e3)
+  time_ms, times = median_ms(run, args, repeats)
   return {"method": method, "pairs_per_query": length / buckets,
           "length": length, "head_dim": head_dim, "hashes": hashes,
-          "hash_bits": hash_bits, "time_ms": statistics.median(times),
+          "hash_bits": hash_bits, "time_ms": time_ms,
           "times_ms": times}
 
 

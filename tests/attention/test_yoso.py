@@ -119,6 +119,17 @@ def _dense_collisions(q_codes, k_codes, q_mask, k_mask):
           np.asarray(k_mask)[..., None, :])
 
 
+def _assert_lsh_backward(grads, b, q, k, v, grad, tau):
+  """(dQ, dK, dV) = the original's LSH backward formulas with dense B."""
+  dq, dk, dv = grads
+  qn, kn, vn, gn = (np.asarray(x, np.float64) for x in (q, k, v, grad))
+  weighted = (gn @ vn.transpose(0, 2, 1)) * b * tau / 2
+  np.testing.assert_allclose(dv, b.transpose(0, 2, 1) @ gn, rtol=1e-4,
+                             atol=1e-5)
+  np.testing.assert_allclose(dq, weighted @ kn, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(dk, weighted.transpose(0, 2, 1) @ qn,
+                             rtol=1e-4, atol=1e-5)
+
 def test_sampled_cumulation_and_its_backward_equal_the_dense_formulas():
   rng = np.random.default_rng(6)
   g, n, d, tau, m = 3, 37, 8, 3, 5
@@ -134,16 +145,8 @@ def test_sampled_cumulation_and_its_backward_equal_the_dense_formulas():
   assert 0 < b.mean() < 1  # Some, not all, pairs collide.
   out, vjp = jax.vjp(lambda q, k, v: yoso.sampled_cumulation(
       q, k, v, q_codes, k_codes, mu, mu, tau), q, k, v)
-  qn, kn, vn, gn = (np.asarray(x, np.float64) for x in (q, k, v, grad))
-  np.testing.assert_allclose(out, b @ vn, rtol=1e-5, atol=1e-5)
-  dq, dk, dv = vjp(grad)
-  weighted = (gn @ vn.transpose(0, 2, 1)) * b * tau / 2
-  np.testing.assert_allclose(dv, b.transpose(0, 2, 1) @ gn, rtol=1e-4,
-                             atol=1e-5)
-  np.testing.assert_allclose(dq, weighted @ kn, rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(dk, weighted.transpose(0, 2, 1) @ qn,
-                             rtol=1e-4, atol=1e-5)
-
+  np.testing.assert_allclose(out, b @ np.asarray(v, np.float64), rtol=1e-5, atol=1e-5)
+  _assert_lsh_backward(vjp(grad), b, q, k, v, grad, tau)
 
 
 @pytest.mark.parametrize("codes", ["random", "all_collide", "none_collide"])
@@ -167,13 +170,7 @@ def test_lsh_backward_methods_equal_the_dense_formulas(monkeypatch, method,
   dq, dk, dv = jax.jit(lambda *x: yoso.lsh_backward(
       *x, tau, method=method))(q, k, v, grad, jnp.asarray(q_codes),
                                jnp.asarray(k_codes), q_mask, k_mask)
-  qn, kn, vn, gn = (np.asarray(x, np.float64) for x in (q, k, v, grad))
-  weighted = (gn @ vn.transpose(0, 2, 1)) * b * tau / 2
-  np.testing.assert_allclose(dv, b.transpose(0, 2, 1) @ gn, rtol=1e-4,
-                             atol=1e-5)
-  np.testing.assert_allclose(dq, weighted @ kn, rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(dk, weighted.transpose(0, 2, 1) @ qn,
-                             rtol=1e-4, atol=1e-5)
+  _assert_lsh_backward((dq, dk, dv), b, q, k, v, grad, tau)
 
 
 def test_pair_count_and_the_switch_to_tables():
