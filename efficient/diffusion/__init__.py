@@ -1,0 +1,1 @@
+"""Diffusion backbones (DiT, DiMR), TD-LN, schedules and samplers."""
