@@ -39,17 +39,18 @@ def test_adaln_zero_blocks_are_the_identity_and_the_output_zero_at_init():
   model = _tiny()
   images = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)
   step, label = jnp.asarray([10, 900]), jnp.asarray([1, 5])
-  variables = model.init(jax.random.PRNGKey(1), images, step, label)
-  out = model.apply(variables, images, step, label)
+  apply = jax.jit(model.apply)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(1), images, step, label)
+  out = apply(variables, images, step, label)
   assert out.shape == images.shape
   assert float(jnp.abs(out).max()) == 0.0
   # With the zero inits perturbed the model depends on x, step and label.
   noisy = jax.tree.map(lambda a: a + 0.05 * jnp.asarray(
       rng.normal(size=a.shape), a.dtype), variables)
-  base = model.apply(noisy, images, step, label)
+  base = apply(noisy, images, step, label)
   for args in ((images * 0.5, step, label), (images, step + 100, label),
                (images, step, jnp.asarray([0, 5]))):
-    assert float(jnp.abs(model.apply(noisy, *args) - base).max()) > 1e-4
+    assert float(jnp.abs(apply(noisy, *args) - base).max()) > 1e-4
 
 
 def test_tdln_variant_uses_a_class_token_and_no_modulation():
