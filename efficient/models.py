@@ -7,6 +7,8 @@ import importlib
 
 MODELS = {
     "encoder_classifier": "efficient.attention.encoder:EncoderClassifier",
+    "dit": "efficient.diffusion.dit:DiT",
+    "dimr": "efficient.diffusion.dimr:DiMR",
 }
 
 

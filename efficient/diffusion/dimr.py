@@ -54,6 +54,11 @@ class StageConfig:
     return self.num_blocks // 2 * 2 + 1
 
 
+def as_stage(cfg):
+  """A StageConfig from itself or a plain tuple (as config files hold it)."""
+  return cfg if isinstance(cfg, StageConfig) else StageConfig(*cfg)
+
+
 PRESETS = {
     "XL/2R": (StageConfig("transformer", 960, 1920, 16, 39, 2),
               StageConfig("convnext", 480, 960, 16, 20, 1)),
@@ -122,7 +127,7 @@ class Stage(nn.Module):
 
   @nn.compact
   def __call__(self, x, t, label, lowres=None):
-    cfg = self.config
+    cfg = as_stage(self.config)
     size = self.input_size // cfg.patch
     x = nn.Conv(cfg.dim, (cfg.patch, cfg.patch), strides=cfg.patch,
                 padding="VALID", name="patchify")(x)
@@ -170,7 +175,7 @@ class Stage(nn.Module):
 
 class DiMR(nn.Module):
   """(x [b, H, W, C], step [b], label [b]) → ε̂ per branch, low res first."""
-  stages: tuple = PRESETS["XL/2R"]
+  stages: tuple = PRESETS["XL/2R"]  # StageConfigs or plain tuples of them
   input_size: int = 32
   in_channels: int = 4
   num_classes: int = 1000
@@ -215,7 +220,7 @@ def multiscale_loss(outputs, noise, weights=(0.25, 1.0)):
 def forward_macs(model):
   """Multiply-accumulates of one forward pass for one image (analytic)."""
   macs, prev_channels, prev_size = 0, None, None
-  for cfg in model.stages:
+  for cfg in map(as_stage, model.stages):
     size = model.input_size // cfg.patch
     pixels = size * size
     tokens = pixels + (1 if cfg.block_type == "transformer" else 0)
