@@ -54,3 +54,18 @@ def test_count_params_prints_the_published_sizes(variant, params, gmacs):
   out = json.loads(result.stdout)
   assert abs(out["params"] / params - 1) < 0.01
   assert abs(out["gmacs"] / gmacs - 1) < 0.02
+
+
+@pytest.mark.parametrize("variant", ["fmnist_dit", "fmnist_dimr"])
+def test_optimizer_settings_build_and_spare_the_tdln_gates(variant):
+  from efficient.train import optimizer  # pylint: disable=g-import-not-at-top
+  config = diffusion.get_config(f"{variant},smoke")
+  tx, schedule = optimizer.make_optimizer(config.optimizer,
+                                          config.total_steps)
+  assert float(schedule(config.total_steps)) > 0
+  mask = optimizer.decay_mask(
+      {"norm": {"nodecay_weight": jnp.ones(2), "param0": jnp.ones(2)}},
+      config.optimizer.no_decay)
+  assert not mask["norm"]["nodecay_weight"]
+  assert mask["norm"]["param0"]  # p₀, p₁ keep their decay (official code).
+  assert tx is not None
