@@ -257,7 +257,7 @@ def collision_counts(q_codes, k_codes, q_mask, k_mask, num_buckets):
 
 
 def lsh_pair_gradients(q_codes, k_codes, q_mask, k_mask, q, k, v, grad,
-                       num_buckets):
+                       num_buckets, counts=None):
   """Σ over colliding pairs (i, j), all hashes, of the LSH backward terms.
 
   With w_ij = Σ_h [h(q_i) = h(k_j)] μ_i μ_j (dO_i·V_j), returns
@@ -272,8 +272,9 @@ def lsh_pair_gradients(q_codes, k_codes, q_mask, k_mask, q, k, v, grad,
   cap: every pair is counted.
   """
   groups, num_hashes, length = q_codes.shape
-  counts, key_starts = collision_counts(q_codes, k_codes, q_mask, k_mask,
-                                        num_buckets)
+  # `counts`: `collision_counts` of these codes, when the caller has them.
+  counts, key_starts = counts or collision_counts(q_codes, k_codes, q_mask,
+                                                  k_mask, num_buckets)
   # Keys sorted by bucket per (group, hash); padded keys sort last (code =
   # num_buckets) and no query reads them. One int32 sort of code·n + index.
   sort_codes = jnp.where(k_mask[:, None] > 0, k_codes, num_buckets)
@@ -367,9 +368,9 @@ def lsh_backward(q, k, v, grad, q_codes, k_codes, q_mask, k_mask, hash_bits,
                                  half_tau * q, buckets)
     return dq, dk, dv
 
-  def by_pairs():
+  def by_pairs(counts=None):
     dq, dk, dv = lsh_pair_gradients(q_codes, k_codes, q_mask, k_mask, q, k,
-                                    v, grad, buckets)
+                                    v, grad, buckets, counts)
     return dq * (half_tau / num_hashes), dk * (half_tau / num_hashes), (
         dv / num_hashes)
 
@@ -380,9 +381,9 @@ def lsh_backward(q, k, v, grad, q_codes, k_codes, q_mask, k_mask, hash_bits,
     return by_tables()  # (the pair list is indexed by int32)
   if method == "pairs":
     return by_pairs()
-  counts, _ = collision_counts(q_codes, k_codes, q_mask, k_mask, buckets)
-  return jax.lax.cond(prefers_pairs(counts, q.shape[-1]), by_pairs,
-                      by_tables)
+  counts = collision_counts(q_codes, k_codes, q_mask, k_mask, buckets)
+  return jax.lax.cond(prefers_pairs(counts[0], q.shape[-1]), by_pairs,
+                      lambda counts: by_tables(), counts)
 
 
 def prefers_pairs(counts, head_dim):
