@@ -59,3 +59,15 @@ def listops_data_dir(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("tfds")
   listops.build("smoke", data_dir=str(data_dir))
   return str(data_dir)
+
+
+def write_fashion_idx(directory, split, images, labels):
+  """Fashion-MNIST idx files (the Debian package's layout) for tests."""
+  import gzip  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  header = np.array([2051, len(images), 28, 28], ">i4").tobytes()
+  with gzip.open(directory / f"{split}-images-idx3-ubyte.gz", "wb") as f:
+    f.write(header + images.tobytes())
+  header = np.array([2049, len(labels)], ">i4").tobytes()
+  with gzip.open(directory / f"{split}-labels-idx1-ubyte.gz", "wb") as f:
+    f.write(header + labels.tobytes())

@@ -71,6 +71,28 @@ class PadTokens(grain.transforms.Map):
     return {"tokens": padded, "label": np.int32(element["label"])}
 
 
+class ImageToFloat(grain.transforms.Map):
+  """uint8 image [h, w, c] → float32 in [−1, 1], zero-padded to `size`².
+
+  Fashion-MNIST's 28×28 becomes 32×32 with a 2-pixel black border (the
+  background value, −1), the usual way to give it a power-of-two side for
+  patch-2 / ×2-upsampling diffusion backbones.
+  """
+
+  def __init__(self, size):
+    self.size = size
+
+  def map(self, element):
+    image = np.asarray(element["image"], np.float32) / 127.5 - 1.0
+    h, w = image.shape[:2]
+    if h > self.size or w > self.size:
+      raise ValueError(f"image {h}×{w} is larger than size {self.size}")
+    top, left = (self.size - h) // 2, (self.size - w) // 2
+    padded = np.full((self.size, self.size, image.shape[2]), -1.0, np.float32)
+    padded[top:top + h, left:left + w] = image
+    return {"image": padded, "label": np.int32(element["label"])}
+
+
 def _local_batch_size(global_batch_size):
   if global_batch_size % jax.process_count():
     raise ConfigError(f"config.batch_size={global_batch_size} is not divisible "
@@ -78,42 +100,43 @@ def _local_batch_size(global_batch_size):
   return global_batch_size // jax.process_count()
 
 
-def train_iterator(source, *, global_batch_size, max_length, seed):
-  """Infinite shuffled batches; the iterator has get_state()/set_state()."""
+def train_iterator(source, *, global_batch_size, transform, seed):
+  """Infinite shuffled batches of `transform`ed examples (a grain Map, e.g.
+  `PadTokens(max_length)`); the iterator has get_state()/set_state()."""
   sampler = grain.samplers.IndexSampler(
       num_records=len(source),
       shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
       shuffle=True, num_epochs=None, seed=seed)
   loader = grain.DataLoader(
       data_source=source, sampler=sampler,
-      operations=[PadTokens(max_length),
+      operations=[transform,
                   grain.transforms.Batch(_local_batch_size(global_batch_size),
                                          drop_remainder=True)],
       worker_count=0)
   return iter(loader)
 
 
-def eval_batches(source, *, global_batch_size, max_length):
+def eval_batches(source, *, global_batch_size, transform):
   """One pass over `source`, this process's share, in whole padded batches.
 
-  Yields dicts with `tokens`, `label` and `weight` (1 real, 0 padding). Every
-  process yields the same number of batches.
+  Yields the `transform`ed examples' fields stacked, plus `weight` (1 real, 0
+  padding: an all-zero example). Every process yields the same number of
+  batches.
   """
   local = _local_batch_size(global_batch_size)
   index, count = jax.process_index(), jax.process_count()
   mine = list(range(index, len(source), count))
   num_batches = math.ceil(math.ceil(len(source) / count) / local)
-  pad = PadTokens(max_length)
+  filler = {k: np.zeros_like(v) for k, v in transform.map(source[0]).items()}
   for b in range(num_batches):
     chunk = mine[b * local:(b + 1) * local]
-    examples = [pad.map(source[i]) for i in chunk]
+    examples = [transform.map(source[i]) for i in chunk]
     weight = np.zeros(local, np.float32)
     weight[:len(examples)] = 1.0
-    filler = {"tokens": np.zeros(max_length, np.int32), "label": np.int32(0)}
     examples += [filler] * (local - len(examples))
-    yield {"tokens": np.stack([e["tokens"] for e in examples]),
-           "label": np.stack([e["label"] for e in examples]),
-           "weight": weight}
+    batch = {k: np.stack([e[k] for e in examples]) for k in filler}
+    batch["weight"] = weight
+    yield batch
 
 
 def label_counts(source, num_classes, limit=None):

@@ -1,44 +1,36 @@
-"""Evaluators: `Evaluator.run(params) -> {"<name>/<metric>": value}`.
+"""Evaluators: `Evaluator.run(params) -> {"<split>/<metric>": value}`.
 
-One evaluator per split (big_vision style). They get plain arguments from the
-trainer, never the config.
+One evaluator per split (big_vision style). An evaluator gets plain
+arguments, never the config: the split's data source, the task's example
+`transform`, and `sums_fn(params, batch) -> {metric: Σ weight·value,
+"count": Σ weight}` (weight 0 marks the padding that makes whole batches), so
+each metric is averaged over every real example exactly once, on any number
+of devices and processes.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from efficient.data import pipeline
 from efficient.train import sharding
 
 
-class ClassificationEvaluator:
-  """Accuracy and mean cross-entropy over one whole split."""
+class Evaluator:
+  """Example-weighted means of `sums_fn`'s metrics over one whole split."""
 
-  def __init__(self, name, source, *, apply_fn, mesh, global_batch_size,
-               max_length):
+  def __init__(self, name, source, *, sums_fn, transform, mesh,
+               global_batch_size):
     self.name, self.source, self.mesh = name, source, mesh
-    self.batch_size, self.max_length = global_batch_size, max_length
-
-    def sums(params, batch):
-      logits = apply_fn(params, batch["tokens"])
-      weight = batch["weight"]
-      xent = optax.softmax_cross_entropy_with_integer_labels(
-          logits, batch["label"])
-      correct = jnp.argmax(logits, -1) == batch["label"]
-      return {"loss": (xent * weight).sum(),
-              "correct": (correct * weight).sum(),
-              "count": weight.sum()}
-
-    self._sums = jax.jit(sums)
+    self.transform, self.batch_size = transform, global_batch_size
+    self._sums = jax.jit(sums_fn)
 
   def run(self, params):
     totals = None
     for batch in pipeline.eval_batches(
         self.source, global_batch_size=self.batch_size,
-        max_length=self.max_length):
+        transform=self.transform):
       sums = self._sums(params, sharding.shard_batch(batch, self.mesh))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.tree.map(lambda x: float(np.asarray(x)), totals)
-    return {f"{self.name}/accuracy": totals["correct"] / totals["count"],
-            f"{self.name}/loss": totals["loss"] / totals["count"]}
+    count = totals.pop("count")
+    return {f"{self.name}/{k}": v / count for k, v in totals.items()}

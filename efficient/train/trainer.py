@@ -153,28 +153,43 @@ def train_and_evaluate(config, workdir):
     return _run(config, workdir, mesh, builder, wall_start)
 
 
+def make_task(config, model):
+  """`config.task` ("classification" by default, or "diffusion")."""
+  name = config.get("task", "classification")
+  if name == "classification":
+    from efficient.train import classification  # pylint: disable=g-import-not-at-top
+    return classification.ClassificationTask(config, model)
+  if name == "diffusion":
+    from efficient.diffusion import training  # pylint: disable=g-import-not-at-top
+    return training.DiffusionTask(config, model)
+  raise ConfigError(f"config.task={name!r} is not 'classification' or "
+                    "'diffusion'")
+
+
 def _run(config, workdir, mesh, builder, wall_start):
   total_steps = config.total_steps
-  max_length = config.data.max_length
-
-  # ---------------------------------------------------------------- Data
-  train_source = builder.as_data_source(split="train")
-  train_iter = pipeline.train_iterator(
-      train_source, global_batch_size=config.batch_size,
-      max_length=max_length, seed=config.seed)
 
   # -------------------------------------------------- Model and optimizer
   model_kwargs = dict(config.model.to_dict())
-  model = models.get_model(model_kwargs.pop("name"),
-                           dtype=jnp.dtype(config.compute_dtype),
-                           **model_kwargs)
+  try:
+    model = models.get_model(model_kwargs.pop("name"),
+                             dtype=jnp.dtype(config.compute_dtype),
+                             **model_kwargs)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(str(e)) from None
+  task = make_task(config, model)
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer, total_steps)
   use_ema = config.ema_decay > 0
 
+  # ---------------------------------------------------------------- Data
+  train_iter = pipeline.train_iterator(
+      builder.as_data_source(split="train"),
+      global_batch_size=config.batch_size, transform=task.transform,
+      seed=config.seed)
+
   def init(rng):
     init_rng, state_rng = jax.random.split(rng)
-    dummy = jnp.zeros((1, max_length), jnp.int32)
-    params = model.init(init_rng, dummy, train=False)["params"]
+    params = task.init_params(init_rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=tx.init(params),
                       ema_params=params if use_ema else None, rng=state_rng)
@@ -220,18 +235,8 @@ def _run(config, workdir, mesh, builder, wall_start):
   # ---------------------------------------------------------- Update step
   def train_step(state, batch):
     step_rng = jax.random.fold_in(state.rng, state.step)
-
-    def loss_fn(params):
-      logits = model.apply({"params": params}, batch["tokens"], train=True,
-                           rngs={"dropout": step_rng,
-                                 "hash": jax.random.fold_in(step_rng, 1)})
-      xent = optax.softmax_cross_entropy_with_integer_labels(
-          logits, batch["label"]).mean()
-      accuracy = (jnp.argmax(logits, -1) == batch["label"]).mean()
-      return xent, accuracy
-
-    (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    (loss, aux), grads = jax.value_and_grad(
+        lambda p: task.loss(p, batch, step_rng), has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = state.ema_params
@@ -239,7 +244,7 @@ def _run(config, workdir, mesh, builder, wall_start):
       ema = jax.tree.map(
           lambda e, p: config.ema_decay * e + (1 - config.ema_decay) * p,
           ema, params)
-    step_metrics = {"loss": loss, "accuracy": accuracy,
+    step_metrics = {"loss": loss, **aux,
                     "grad_norm": optax.global_norm(grads),
                     "param_norm": optax.global_norm(params),
                     "lr": schedule(state.step)}
@@ -249,10 +254,8 @@ def _run(config, workdir, mesh, builder, wall_start):
 
   batch_sharding = sharding.batch_sharding(mesh)
   abstract_batch = {
-      "tokens": jax.ShapeDtypeStruct((config.batch_size, max_length),
-                                     jnp.int32, sharding=batch_sharding),
-      "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32,
-                                    sharding=batch_sharding)}
+      k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+      for k, (shape, dtype) in task.batch_spec(config.batch_size).items()}
   compiled_step, compile_time = None, None
   if start_step < total_steps:  # A finished run only re-evaluates.
     compile_start = time.time()
@@ -264,22 +267,14 @@ def _run(config, workdir, mesh, builder, wall_start):
     logging.info("Train step compiled in %.1f s.", compile_time)
 
   # ----------------------------------------------------------- Evaluators
-  def predict(params, tokens):
-    # Randomised attention (sampled YOSO) evaluates with one fixed draw.
-    return model.apply({"params": params}, tokens, train=False,
-                       rngs={"hash": jax.random.PRNGKey(config.seed)})
-
-  def make_evaluator(split):
-    return evaluators.ClassificationEvaluator(
-        split, builder.as_data_source(split=split), apply_fn=predict,
-        mesh=mesh, global_batch_size=config.eval_batch_size,
-        max_length=max_length)
-
   def evaluate(splits, state):
     params = state.ema_params if use_ema else state.params
     out = {}
     for split in splits:
-      out.update(make_evaluator(split).run(params))
+      out.update(evaluators.Evaluator(
+          split, builder.as_data_source(split=split), sums_fn=task.sums,
+          transform=task.transform, mesh=mesh,
+          global_batch_size=config.eval_batch_size).run(params))
     return out
 
   # ------------------------------------------------------------ Train loop
@@ -333,14 +328,10 @@ def _run(config, workdir, mesh, builder, wall_start):
   ckpt.close()
   results = {"step": total_steps}
   results.update(evaluate(config.final_eval_splits, state))
-  train_counts = pipeline.label_counts(train_source, config.model.num_classes,
-                                       limit=20_000)
-  majority = int(np.argmax(train_counts))
-  for split in config.final_eval_splits:
-    counts = pipeline.label_counts(builder.as_data_source(split=split),
-                                   config.model.num_classes)
-    results[f"{split}/majority_baseline"] = float(counts[majority] /
-                                                  counts.sum())
+  results.update(task.final_results(
+      state.ema_params if use_ema else state.params, builder=builder,
+      splits=config.final_eval_splits, mesh=mesh, workdir=workdir,
+      config=config))
   results_path = os.path.join(workdir, "results.json")
   if steps_done:
     results["train/steps_per_sec"] = steps_done / max(train_time, 1e-9)

@@ -1,5 +1,4 @@
 """Fashion-MNIST builder on small idx files written by the test."""
-import gzip
 import json
 
 import numpy as np
@@ -9,15 +8,6 @@ from efficient.data import fashion_mnist
 from efficient.data import pipeline
 from efficient.errors import ConfigError
 from tests import conftest
-
-
-def _write_idx(directory, split, images, labels):
-  header = np.array([2051, len(images), 28, 28], ">i4").tobytes()
-  with gzip.open(directory / f"{split}-images-idx3-ubyte.gz", "wb") as f:
-    f.write(header + images.tobytes())
-  header = np.array([2049, len(labels)], ">i4").tobytes()
-  with gzip.open(directory / f"{split}-labels-idx1-ubyte.gz", "wb") as f:
-    f.write(header + labels.tobytes())
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +20,7 @@ def fake_source(tmp_path_factory):
     images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
     images[:, :4] = 0  # Black rows, as Fashion-MNIST backgrounds are.
     labels = rng.integers(0, 10, n, dtype=np.uint8)
-    _write_idx(directory, split, images, labels)
+    conftest.write_fashion_idx(directory, split, images, labels)
     data[split] = (images, labels)
   return directory, data
 
@@ -61,7 +51,7 @@ def test_pipeline_reads_pixels_as_tokens_plus_one(fake_source, tmp_path,
   builder = fashion_mnist.build("smoke", data_dir=str(tmp_path))
   source = builder.as_data_source(split="test")
   batch = next(pipeline.eval_batches(source, global_batch_size=4,
-                                     max_length=784))
+                                     transform=pipeline.PadTokens(784)))
   np.testing.assert_array_equal(batch["tokens"][0],
                                 source[0]["image"].reshape(-1) + 1)
   assert (batch["tokens"] > 0).all()  # Black pixels are not padding.
@@ -89,3 +79,21 @@ def test_sequential_image_smoke_trains_through_the_cli(fake_source, tmp_path):
       TFDS_DATA_DIR=tmp_path / "tfds2", FASHION_MNIST_DIR=tmp_path / "absent")
   assert missing.returncode == 2
   assert "apt-get install dataset-fashion-mnist" in missing.stderr
+
+
+def test_image_to_float_centres_28_in_32_and_scales_to_unit_range():
+  image = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28, 1)
+  out = pipeline.ImageToFloat(32).map({"image": image, "label": 7})
+  assert out["image"].shape == (32, 32, 1) and out["image"].dtype == np.float32
+  assert out["label"] == 7
+  np.testing.assert_allclose(out["image"][2:30, 2:30],
+                             image.astype(np.float32) / 127.5 - 1.0)
+  border = np.ones((32, 32), bool)
+  border[2:30, 2:30] = False
+  assert (out["image"][border] == -1.0).all()  # Padding is black.
+  np.testing.assert_allclose(
+      pipeline.ImageToFloat(32).map(
+          {"image": np.full((28, 28, 1), 255, np.uint8), "label": 0}
+      )["image"][2:30, 2:30], 1.0)
+  with pytest.raises(ValueError, match="larger"):
+    pipeline.ImageToFloat(16).map({"image": image, "label": 0})

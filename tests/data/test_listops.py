@@ -142,20 +142,22 @@ def test_lra_config_matches_the_spec():
 def test_pipeline_pads_batches_and_eval_covers_every_example_once(smoke):
   source = smoke.as_data_source(split="validation")
   batches = list(pipeline.eval_batches(source, global_batch_size=8,
-                                       max_length=128))
+                                       transform=pipeline.PadTokens(128)))
   weights = np.concatenate([b["weight"] for b in batches])
   assert weights.sum() == len(source) == 50
   labels = np.concatenate([b["label"] for b in batches])[weights > 0]
   assert sorted(labels.tolist()) == sorted(int(source[i]["label"])
                                            for i in range(len(source)))
   it = pipeline.train_iterator(smoke.as_data_source(split="train"),
-                               global_batch_size=8, max_length=128, seed=0)
+                               global_batch_size=8,
+                               transform=pipeline.PadTokens(128), seed=0)
   first = next(it)
   assert first["tokens"].shape == (8, 128) and first["label"].shape == (8,)
   state = it.get_state()
   expected = next(it)
   it2 = pipeline.train_iterator(smoke.as_data_source(split="train"),
-                                global_batch_size=8, max_length=128, seed=0)
+                                global_batch_size=8,
+                                transform=pipeline.PadTokens(128), seed=0)
   it2.set_state(state)
   np.testing.assert_array_equal(next(it2)["tokens"], expected["tokens"])
 

@@ -1,5 +1,6 @@
 """DiMR: published sizes and compute per branch, shapes, pixel shuffle,
 multi-scale targets and loss, gradients into the low-resolution branch."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,12 +31,14 @@ TINY = (dimr.StageConfig("transformer", 32, 64, 4, 3, 2),
         dimr.StageConfig("convnext", 16, 32, 4, 2, 1))
 
 
-def _tiny():
-  return dimr.DiMR(stages=TINY, input_size=16, in_channels=3, num_classes=5)
+def _tiny(norm="tdln"):
+  return dimr.DiMR(stages=TINY, input_size=16, in_channels=3, num_classes=5,
+                   norm=norm)
 
 
-def test_forward_shapes_and_macs_against_xla_cost_analysis():
-  model = _tiny()
+@pytest.mark.parametrize("norm", dimr.NORMS)
+def test_forward_shapes_and_macs_against_xla_cost_analysis(norm):
+  model = _tiny(norm)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 3)),
                   jnp.float32)
   step, label = jnp.asarray([3, 700]), jnp.asarray([1, 5])
@@ -93,3 +96,61 @@ def test_high_resolution_loss_trains_the_low_resolution_branch():
   assert "class_embed" not in grads["stage_1"]
   assert float(jnp.abs(grads["stage_0"]["class_embed"]["embedding"][2]).max(
   )) > 0
+
+
+@pytest.mark.parametrize("block", [
+    dimr.TransformerBlock(64, 4, "adaln_zero"),
+    dimr.ConvNeXtBlock(32, "adaln_zero")])
+def test_adaln_zero_blocks_residuals_start_closed(block):
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(2, 8, 16) if isinstance(
+      block, dimr.TransformerBlock) else (2, 4, 4, 16)), jnp.float32)
+  c = jnp.asarray(rng.normal(size=(2, 24)), jnp.float32)
+  params = block.init(jax.random.PRNGKey(0), x, c)
+  expected = x
+  if isinstance(block, dimr.ConvNeXtBlock):  # Its dwconv has no norm/gate.
+    expected = x + dimr.DepthwiseConv().apply(
+        {"params": params["params"]["dwconv"]}, x)
+  np.testing.assert_allclose(block.apply(params, x, c), expected, atol=1e-6)
+  # Not a dead block: perturbing the gate's weights changes the output.
+  moved = jax.tree.map(lambda p: p + 0.1, params)
+  assert float(jnp.abs(block.apply(moved, x, c) - x).max()) > 1e-3
+
+
+def test_adaln_zero_variant_conditions_on_time_and_class_without_a_token():
+  model = _tiny("adaln_zero")
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 16, 16, 3)),
+                  jnp.float32)
+  variables = model.init(jax.random.PRNGKey(0), x, jnp.asarray([1, 1]),
+                         jnp.asarray([0, 0]))
+  assert "class_embed" not in variables["params"]["stage_0"]
+  assert "y_embedder" in variables["params"]
+  # Nudge every modulation off zero so time and class reach the output.
+  variables = jax.tree_util.tree_map_with_path(
+      lambda path, p: p + 0.05 if "adaLN_modulation" in str(path) else p,
+      variables)
+  apply = jax.jit(model.apply)
+  base = apply(variables, x, jnp.asarray([5, 5]), jnp.asarray([0, 0]))
+  other_t = apply(variables, x, jnp.asarray([900, 900]), jnp.asarray([0, 0]))
+  other_y = apply(variables, x, jnp.asarray([5, 5]), jnp.asarray([3, 3]))
+  assert float(jnp.abs(base[-1] - other_t[-1]).max()) > 1e-4
+  assert float(jnp.abs(base[-1] - other_y[-1]).max()) > 1e-4
+  tdln_count = _count(_tiny().init(jax.random.PRNGKey(0), x,
+                                   jnp.asarray([1, 1]), jnp.asarray([0, 0])))
+  assert _count(variables) > tdln_count  # The modulation Linears.
+
+
+def test_depthwise_conv_equals_the_grouped_convolution():
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(2, 9, 11, 6)), jnp.float32)
+  layer = dimr.DepthwiseConv()
+  params = layer.init(jax.random.PRNGKey(0), x)
+  params = jax.tree.map(lambda p: p + jnp.asarray(
+      rng.normal(size=p.shape), jnp.float32), params)
+  reference = nn.Conv(6, (7, 7), padding=3, feature_group_count=6)
+  np.testing.assert_allclose(layer.apply(params, x),
+                             reference.apply(params, x), atol=1e-5)
+  grad = jax.grad(lambda p: (layer.apply(p, x)**2).sum())(params)
+  want = jax.grad(lambda p: (reference.apply(p, x)**2).sum())(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                       atol=1e-4), grad, want)

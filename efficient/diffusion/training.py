@@ -1,0 +1,235 @@
+"""The diffusion task of the trainer, and sample-based evaluation.
+
+`DiffusionTask` plugs class-conditional DDPM training into
+`efficient.train.trainer.train_and_evaluate` (`config.task = "diffusion"`):
+
+  * batch: images `[b, size, size, c]` in [−1, 1] and labels;
+  * loss: L_simple (DDPM Eq. 14), labels dropped to the null class with
+    probability `config.diffusion.label_dropout` (classifier-free guidance
+    training); a multi-branch model (DiMR) gets the multi-scale loss with
+    `config.diffusion.loss_weights` (DiMR §3.2: ε sum-pooled per branch);
+  * validation: the same loss of the EMA weights on a fixed grid — the b
+    examples of a batch get steps evenly spaced over 1..T and fixed noise —
+    so the number is deterministic and comparable across runs;
+  * final results: `evaluate_samples` with `config.sample`, i.e. FID / KID /
+    class accuracy of conditional samples in the features of the cached
+    Fashion-MNIST classifier (`efficient.diffusion.fid`), a sample-grid PNG,
+    plus params, forward GMACs and training compute.
+
+`experiments/sample.py` calls `evaluate_samples` on a finished run with any
+sampler (e.g. DDPM 250 steps against DPM-Solver++ 20).
+"""
+import os
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+import tqdm
+
+from efficient.data import pipeline
+from efficient.diffusion import dimr
+from efficient.diffusion import dit
+from efficient.diffusion import fid
+from efficient.diffusion import samplers
+from efficient.diffusion import schedules
+from efficient.errors import ConfigError
+from efficient.train import sharding
+
+matplotlib.use("Agg")
+SAMPLERS = ("dpm_solver_pp", "ddim", "ddpm")
+
+
+def last_branch(outputs):
+  """DiMR returns one prediction per branch (low → high); DiT one array."""
+  return outputs[-1] if isinstance(outputs, (list, tuple)) else outputs
+
+
+def forward_macs(model):
+  if isinstance(model, dimr.DiMR):
+    return dimr.forward_macs(model)
+  return dit.forward_macs(model)
+
+
+def denoising_losses(outputs, noise, weights):
+  """Per-example loss [b]: mean squared ε error, or DiMR's multi-scale sum."""
+  if isinstance(outputs, (list, tuple)):
+    return dimr.multiscale_loss(outputs, noise, weights)
+  return jnp.mean((outputs - noise)**2, axis=(1, 2, 3))
+
+
+class DiffusionTask:
+  """Class-conditional ε-prediction on images (the trainer's task API)."""
+
+  def __init__(self, config, model):
+    self.model = model
+    d = config.diffusion
+    self.schedule = schedules.Schedule.create(d.betas, d.num_steps)
+    self.size = config.model.input_size
+    self.channels = config.model.in_channels
+    self.null_class = config.model.num_classes
+    self.label_dropout = d.label_dropout
+    self.loss_weights = tuple(d.get("loss_weights", (1.0,)))
+    self.seed = config.seed
+    self.transform = pipeline.ImageToFloat(self.size)
+    if config.data.name == "fashion_mnist" and self.channels != 1:
+      raise ConfigError(
+          f"config.model.in_channels={self.channels}, but config.data "
+          "(fashion_mnist) has 1 channel; the ImageNet-latent presets have "
+          "no offline data (scripts/count_params.py reads them)")
+
+  def batch_spec(self, batch_size):
+    return {"image": ((batch_size, self.size, self.size, self.channels),
+                      jnp.float32),
+            "label": ((batch_size,), jnp.int32)}
+
+  def init_params(self, rng):
+    x = jnp.zeros((1, self.size, self.size, self.channels))
+    ones = jnp.ones((1,), jnp.int32)
+    return self.model.init(rng, x, ones, ones)["params"]
+
+  def _losses(self, params, x0, labels, step, noise):
+    x_n = self.schedule.add_noise(x0, noise, step)
+    outputs = self.model.apply({"params": params}, x_n, step, labels)
+    return denoising_losses(outputs, noise, self.loss_weights)
+
+  def loss(self, params, batch, rng):
+    drop_rng, step_rng, noise_rng = jax.random.split(rng, 3)
+    x0 = batch["image"]
+    labels = schedules.drop_labels(drop_rng, batch["label"], self.null_class,
+                                   self.label_dropout)
+    step = jax.random.randint(step_rng, x0.shape[:1], 1,
+                              self.schedule.num_steps + 1)
+    noise = jax.random.normal(noise_rng, x0.shape, x0.dtype)
+    return self._losses(params, x0, labels, step, noise).mean(), {}
+
+  def sums(self, params, batch):
+    x0, weight = batch["image"], batch["weight"]
+    b = x0.shape[0]
+    step = jnp.round(jnp.linspace(1, self.schedule.num_steps, b)).astype(
+        jnp.int32)
+    noise = jax.random.normal(jax.random.PRNGKey(self.seed), x0.shape)
+    losses = self._losses(params, x0, batch["label"], step, noise)
+    return {"loss": (losses * weight).sum(), "count": weight.sum()}
+
+  def final_results(self, params, *, builder, mesh, workdir, config,
+                    **unused):
+    del unused
+    out = {"model/gmacs_forward": forward_macs(self.model) / 1e9}
+    # Forward + backward ≈ 3 forwards per training image.
+    out["train/compute_tmacs"] = (3 * forward_macs(self.model) *
+                                  config.batch_size * config.total_steps /
+                                  1e12)
+    if config.sample.num_samples:
+      out.update(evaluate_samples(self, params, builder, mesh=mesh,
+                                  workdir=workdir, **config.sample))
+    return out
+
+
+def make_sampler(task, *, sampler, num_steps, guidance, guidance_power=0.0):
+  """A jit-able `(params, noise, labels, rng) -> x₀` for `task.model`.
+
+  `guidance` is the classifier-free guidance weight w (1: none); with
+  `guidance_power` p > 0 it is DiMR's power-cosine ramp up to w.
+  """
+  if sampler not in SAMPLERS:
+    raise ConfigError(f"config.sample.sampler={sampler!r}: one of {SAMPLERS}")
+  scale = (samplers.power_cosine_scale(guidance, guidance_power,
+                                       task.schedule.num_steps)
+           if guidance_power > 0 else guidance)
+
+  def run(params, noise, labels, rng):
+    def eps_fn(x, step, y):
+      return last_branch(task.model.apply({"params": params}, x, step, y))
+
+    guided = samplers.classifier_free_guidance(eps_fn, task.null_class, scale)
+    if sampler == "dpm_solver_pp":
+      return samplers.dpm_solver_pp_2m(guided, task.schedule, noise,
+                                       num_steps, labels)
+    if sampler == "ddim":
+      return samplers.ddim_sample(guided, task.schedule, noise, num_steps,
+                                  labels)
+    return samplers.ddpm_sample(guided, task.schedule, noise, rng, num_steps,
+                                labels)
+
+  return run
+
+
+def generate(task, params, *, num_samples, batch_size, seed=0, mesh=None,
+             progress=True, **sampler_kwargs):
+  """`num_samples` images in [−1, 1] (numpy) and their labels; class i % C.
+
+  Batches run through one compiled sampler (the last batch padded), their
+  noise drawn from `fold_in(PRNGKey(seed), batch index)`.
+  """
+  labels = np.arange(num_samples, dtype=np.int32) % task.null_class
+  run = make_sampler(task, **sampler_kwargs)
+  compiled = jax.jit(lambda *args: jnp.clip(run(*args), -1.0, 1.0))
+  shape = (batch_size, task.size, task.size, task.channels)
+  images = []
+  for b in tqdm.trange(-(-num_samples // batch_size), desc="sample",
+                       disable=not progress, mininterval=2.0):
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), b)
+    noise_key, step_key = jax.random.split(key)
+    y = np.resize(labels[b * batch_size:(b + 1) * batch_size], batch_size)
+    noise = np.asarray(jax.random.normal(noise_key, shape))
+    if mesh is not None:  # The same global arrays on every process.
+      noise, y = jax.device_put((noise, y), sharding.batch_sharding(mesh))
+    images.append(np.asarray(compiled(params, noise, y, step_key)))
+  return np.concatenate(images)[:num_samples], labels
+
+
+def save_grid(images, labels, path, per_class=10):
+  """One row per class, `per_class` samples each, as a gray PNG."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  classes = np.unique(labels)
+  rows = []
+  for c in classes:
+    picked = images[labels == c][:per_class]
+    if len(picked) < per_class:
+      picked = np.concatenate([picked, np.full(
+          (per_class - len(picked),) + picked.shape[1:], -1.0)])
+    rows.append(np.concatenate(list(picked[..., 0]), axis=1))
+  grid = np.concatenate(rows, axis=0)
+  plt.imsave(path, (grid + 1) / 2, cmap="gray", vmin=0.0, vmax=1.0)
+
+
+def evaluate_samples(task, params, builder, *, num_samples, batch_size,
+                     sampler, num_steps, guidance, guidance_power=0.0,
+                     seed=0, mesh=None, workdir=None, split="test",
+                     classifier_steps=1500, progress=True):
+  """FID / KID / class accuracy of `num_samples` samples against `split`.
+
+  Keys are prefixed `<sampler>_<num_steps>/` so results of several samplers
+  can share one results.json; a `<prefix>samples.png` grid goes to workdir.
+  """
+  prefix = f"{sampler}_{num_steps}"
+  classifier, info = fid.load_or_train(builder, steps=classifier_steps,
+                                       progress=progress)
+  start = time.time()
+  images, labels = generate(task, params, num_samples=num_samples,
+                            batch_size=batch_size, seed=seed, mesh=mesh,
+                            progress=progress, sampler=sampler,
+                            num_steps=num_steps, guidance=guidance,
+                            guidance_power=guidance_power)
+  sample_time = time.time() - start
+  real, _ = fid._images(builder.as_data_source(split=split), task.transform)  # pylint: disable=protected-access
+  logits, features = fid.apply_in_batches(classifier, images)
+  _, real_features = fid.apply_in_batches(classifier, real)
+  kid, kid_std = fid.kernel_inception_distance(features, real_features)
+  out = {f"{prefix}/fid": fid.frechet_distance(features, real_features),
+         f"{prefix}/kid": kid, f"{prefix}/kid_std": kid_std,
+         f"{prefix}/class_accuracy": float((logits.argmax(-1) ==
+                                            labels).mean()),
+         f"{prefix}/num_samples": int(num_samples),
+         f"{prefix}/guidance": float(guidance),
+         f"{prefix}/sample_time_sec": sample_time,
+         f"{prefix}/reference": f"{split} ({len(real)} images)",
+         "fid_classifier/test_accuracy": info["test_accuracy"]}
+  if workdir is not None and jax.process_index() == 0:
+    path = os.path.join(workdir, f"{prefix}_samples.png")
+    save_grid(images, labels, path)
+    logging.info("Sample grid: %s", path)
+  return out

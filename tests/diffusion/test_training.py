@@ -1,0 +1,226 @@
+"""The diffusion task (loss, validation grid, sampling, FID/KID) and the
+train → sample CLI on small fake Fashion-MNIST files."""
+import json
+
+import jax
+import jax.numpy as jnp
+import matplotlib.image
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import diffusion as diffusion_configs
+from efficient import models
+from efficient.diffusion import dimr
+from efficient.diffusion import fid
+from efficient.diffusion import training
+from efficient.errors import ConfigError
+from efficient.train import sharding
+from tests import conftest
+
+
+def _task(variant="fmnist_dimr"):
+  config = diffusion_configs.get_config(f"{variant},smoke")
+  kwargs = config.model.to_dict()
+  model = models.get_model(kwargs.pop("name"), **kwargs)
+  return config, training.DiffusionTask(config, model)
+
+
+def _batch(n=4, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"image": jnp.asarray(rng.uniform(-1, 1, (n, 32, 32, 1)),
+                               jnp.float32),
+          "label": jnp.arange(n, dtype=jnp.int32) % 10,
+          "weight": jnp.ones((n,), jnp.float32)}
+
+
+def test_loss_is_the_multiscale_epsilon_error_with_dropped_labels():
+  config, task = _task("fmnist_dimr")
+  params = task.init_params(jax.random.PRNGKey(0))
+  batch, rng = _batch(), jax.random.PRNGKey(5)
+  loss, _ = jax.jit(task.loss)(params, batch, rng)
+  # The same draws by hand: labels → null w.p. 0.1, n ~ U{1..T}, ε ~ N(0, I).
+  drop_rng, step_rng, noise_rng = jax.random.split(rng, 3)
+  drop = jax.random.bernoulli(drop_rng, 0.1, (4,))
+  labels = jnp.where(drop, 10, batch["label"])
+  step = jax.random.randint(step_rng, (4,), 1, 1001)
+  noise = jax.random.normal(noise_rng, batch["image"].shape)
+  abar = task.schedule.alphas_cumprod[step][:, None, None, None]
+  x_n = jnp.sqrt(abar) * batch["image"] + jnp.sqrt(1 - abar) * noise
+  low, high = jax.jit(task.model.apply)({"params": params}, x_n, step,
+                                        labels)
+  k = 32 // low.shape[1]
+  pooled = noise.reshape(4, 32 // k, k, 32 // k, k, 1).sum((2, 4)) / k
+  want = (0.25 * ((low - pooled)**2).mean((1, 2, 3)) +
+          ((high - noise)**2).mean((1, 2, 3))).mean()
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  assert config.diffusion.loss_weights == (0.25, 1.0)
+
+
+def test_validation_sums_are_deterministic_and_skip_padding():
+  _, task = _task("fmnist_dit")
+  params = task.init_params(jax.random.PRNGKey(0))
+  batch = _batch(8)
+  sums = jax.jit(task.sums)
+  first = sums(params, batch)
+  np.testing.assert_array_equal(first["loss"], sums(params, batch)["loss"])
+  assert float(first["count"]) == 8
+  padded = dict(batch, weight=batch["weight"].at[4:].set(0.0))
+  changed = dict(padded, image=padded["image"].at[4:].set(0.0))
+  np.testing.assert_allclose(sums(params, padded)["loss"],
+                             sums(params, changed)["loss"], rtol=1e-6)
+
+
+def test_imagenet_presets_refuse_fashion_mnist_with_a_named_key():
+  config = diffusion_configs.get_config("dit_xl2,smoke")
+  kwargs = config.model.to_dict()
+  model = models.get_model(kwargs.pop("name"), **kwargs)
+  with pytest.raises(ConfigError, match="in_channels=4"):
+    training.DiffusionTask(config, model)
+
+
+def test_compute_budget_sets_matched_training_steps():
+  steps = {}
+  for variant in ("fmnist_dit", "fmnist_dit_tdln", "fmnist_dimr",
+                  "fmnist_dimr_adaln"):
+    config = diffusion_configs.get_config(variant)
+    _, task = _task(variant)  # Smoke-sized; the full model below.
+    kwargs = config.model.to_dict()
+    macs = training.forward_macs(models.get_model(kwargs.pop("name"),
+                                                  **kwargs))
+    steps[variant] = config.total_steps
+    compute = 3 * macs * config.batch_size * config.total_steps / 1e12
+    assert abs(compute / diffusion_configs.DEFAULT_BUDGET_TMACS - 1) < 1e-3
+  assert abs(steps["fmnist_dit"] - 2000) <= 2
+  assert steps["fmnist_dimr"] < steps["fmnist_dit"]
+  assert isinstance(task.model, dimr.DiMR)
+
+
+def test_generate_is_deterministic_balanced_and_the_same_on_a_mesh():
+  _, task = _task("fmnist_dit")
+  params = task.init_params(jax.random.PRNGKey(0))
+  params = jax.tree.map(lambda p: p + 0.01, params)  # Off adaLN-Zero's init.
+  kwargs = dict(num_samples=6, batch_size=4, sampler="ddim", num_steps=3,
+                guidance=2.0, progress=False)
+  images, labels = training.generate(task, params, **kwargs)
+  assert images.shape == (6, 32, 32, 1) and np.abs(images).max() <= 1.0
+  np.testing.assert_array_equal(labels, [0, 1, 2, 3, 4, 5])
+  again, _ = training.generate(task, params, **kwargs)
+  np.testing.assert_array_equal(images, again)
+  mesh = sharding.make_mesh((("data", 2), ("fsdp", 1), ("model", 1)),
+                            devices=jax.devices()[:2])
+  with jax.set_mesh(mesh):
+    sharded, _ = training.generate(task, params, mesh=mesh, **kwargs)
+  np.testing.assert_allclose(sharded, images, atol=1e-5)
+  other, _ = training.generate(task, params, **dict(kwargs, seed=1))
+  assert np.abs(other - images).max() > 1e-3
+  with pytest.raises(ConfigError, match="sampler"):
+    training.make_sampler(task, sampler="euler", num_steps=3, guidance=1.0)
+
+
+def test_save_grid_puts_one_class_per_row(tmp_path):
+  images = np.stack([np.full((32, 32, 1), c / 5 - 1) for c in range(30)])
+  labels = np.arange(30) % 3
+  path = tmp_path / "grid.png"
+  training.save_grid(images, labels, str(path), per_class=10)
+  grid = matplotlib.image.imread(path)[..., 0]
+  assert grid.shape == (3 * 32, 10 * 32)
+  for row in range(3):  # Row r holds images r, r + 3, ... (value c/5 − 1).
+    tile = grid[row * 32:(row + 1) * 32, 32:64]
+    np.testing.assert_allclose(tile, ((row + 3) / 5) / 2, atol=1 / 255)
+
+
+def test_frechet_distance_matches_the_closed_form_for_diagonal_gaussians():
+  rng = np.random.default_rng(0)
+  mu_a, mu_b = rng.normal(size=5), rng.normal(size=5)
+  var_a, var_b = rng.uniform(0.5, 2, 5), rng.uniform(0.5, 2, 5)
+  want = ((mu_a - mu_b)**2).sum() + ((np.sqrt(var_a) - np.sqrt(var_b))**2
+                                     ).sum()
+  got = fid.frechet_distance_from_stats(mu_a, np.diag(var_a), mu_b,
+                                        np.diag(var_b))
+  np.testing.assert_allclose(got, want, rtol=1e-8)
+  # A full (rotated) covariance: FID is rotation-invariant.
+  q, _ = np.linalg.qr(rng.normal(size=(5, 5)))
+  rotated = fid.frechet_distance_from_stats(
+      q @ mu_a, q @ np.diag(var_a) @ q.T, q @ mu_b, q @ np.diag(var_b) @ q.T)
+  np.testing.assert_allclose(rotated, want, rtol=1e-6)
+  same = rng.normal(size=(500, 4))
+  assert abs(fid.frechet_distance(same, same)) < 1e-6
+
+
+def test_kid_is_the_unbiased_cubic_mmd_and_centres_on_zero():
+  rng = np.random.default_rng(1)
+  a, b = rng.normal(size=(30, 4)), rng.normal(size=(30, 4)) + 0.5
+  k = lambda x, y: (x @ y.T / 4 + 1)**3
+  brute = 0.0
+  for i in range(30):
+    for j in range(30):
+      if i != j:
+        brute += (k(a[i:i + 1], a[j:j + 1]) + k(b[i:i + 1], b[j:j + 1])
+                  )[0, 0] / (30 * 29)
+  brute -= 2 * k(a, b).mean()
+  mean, std = fid.kernel_inception_distance(a, b, num_subsets=3,
+                                            subset_size=30)
+  np.testing.assert_allclose(mean, brute, rtol=1e-10)
+  assert std < 1e-12  # Every subset is the whole set.
+  x, y = rng.normal(size=(2000, 8)), rng.normal(size=(2000, 8))
+  null_mean, null_std = fid.kernel_inception_distance(x, y, num_subsets=20,
+                                                      subset_size=500)
+  assert abs(null_mean) < 3 * null_std + 1e-3
+  shifted, _ = fid.kernel_inception_distance(x, y + 0.3, num_subsets=20,
+                                             subset_size=500)
+  assert shifted > 10 * max(null_std, 1e-4)
+
+
+@pytest.fixture(scope="module")
+def fashion_dirs(tmp_path_factory):
+  """Fake idx files (one bright bar per class) and an empty TFDS dir."""
+  idx = tmp_path_factory.mktemp("fashion_idx")
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 5100), ("t10k", 80)):
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+    for i, c in enumerate(labels):
+      images[i, 2 + 2 * c:4 + 2 * c, 4:24] = 250
+    conftest.write_fashion_idx(idx, split, images, labels)
+  return str(idx), str(tmp_path_factory.mktemp("tfds"))
+
+
+def test_train_then_sample_cli_writes_scores_and_grids(fashion_dirs, tmp_path):
+  idx, tfds_dir = fashion_dirs
+  env = dict(FASHION_MNIST_DIR=idx, TFDS_DATA_DIR=tfds_dir,
+             JAX_DISABLE_MOST_OPTIMIZATIONS=1)
+  workdir = tmp_path / "run"
+  result = conftest.run_module(
+      "experiments.train", "--config=configs/diffusion.py:fmnist_dit_tdln,smoke",
+      f"--workdir={workdir}", "--config.mesh=(('data',2),('fsdp',1),('model',1))",
+      devices=2, timeout=600, **env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  results = json.loads((workdir / "results.json").read_text())
+  for key in ("validation/loss", "dpm_solver_pp_2/fid", "dpm_solver_pp_2/kid",
+              "dpm_solver_pp_2/class_accuracy", "fid_classifier/test_accuracy",
+              "model/gmacs_forward", "train/compute_tmacs"):
+    assert np.isfinite(results[key]), key
+  assert results["dpm_solver_pp_2/num_samples"] == 16
+  grid = matplotlib.image.imread(workdir / "dpm_solver_pp_2_samples.png")
+  assert grid.shape[:2] == (10 * 32, 10 * 32)
+  assert "Training the FID classifier" in result.stderr
+  metrics = [json.loads(l) for l in
+             (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [m["step"] for m in metrics if "train/loss" in m] == [1, 2]
+
+  sampled = conftest.run_module(
+      "experiments.sample", f"--workdir={workdir}", "--sampler=ddpm",
+      "--num_steps=3", "--num_samples=8", "--batch_size=4", devices=2,
+      timeout=600, **env)
+  assert sampled.returncode == 0, sampled.stderr[-3000:]
+  assert "Training the FID classifier" not in sampled.stderr  # Cached.
+  merged = json.loads((workdir / "results.json").read_text())
+  assert merged["ddpm_3_n8/num_samples"] == 8
+  assert np.isfinite(merged["ddpm_3_n8/fid"])
+  assert merged["dpm_solver_pp_2/fid"] == results["dpm_solver_pp_2/fid"]
+  assert (workdir / "ddpm_3_n8_samples.png").exists()
+  missing = conftest.run_module("experiments.sample",
+                                f"--workdir={tmp_path / 'nothing'}",
+                                devices=1, **env)
+  assert missing.returncode == 2 and "config.json" in missing.stderr
