@@ -1,16 +1,19 @@
 """The diffusion task (loss, validation grid, sampling, FID/KID) and the
 train → sample CLI on small fake Fashion-MNIST files."""
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import matplotlib.image
-import ml_collections
 import numpy as np
 import pytest
 
 from configs import diffusion as diffusion_configs
 from efficient import models
+from efficient.data import fashion_mnist
 from efficient.diffusion import dimr
 from efficient.diffusion import fid
 from efficient.diffusion import training
@@ -224,3 +227,22 @@ def test_train_then_sample_cli_writes_scores_and_grids(fashion_dirs, tmp_path):
                                 f"--workdir={tmp_path / 'nothing'}",
                                 devices=1, **env)
   assert missing.returncode == 2 and "config.json" in missing.stderr
+
+
+def test_train_fid_classifier_script_caches_and_reports(fashion_dirs,
+                                                        tmp_path):
+  idx, _ = fashion_dirs
+  result = subprocess.run(
+      [sys.executable, "scripts/train_fid_classifier.py", "--config=smoke",
+       "--steps=3", f"--data_dir={tmp_path}"], cwd=conftest.REPO,
+      env=conftest.subprocess_env(devices=1, FASHION_MNIST_DIR=idx),
+      capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  out = json.loads(result.stdout[result.stdout.index("{"):])
+  assert out["steps"] == 3 and 0.0 <= out["test_accuracy"] <= 1.0
+  assert os.path.exists(out["checkpoint"])
+  params, info = fid.load_or_train(
+      fashion_mnist.FashionMnistDeb(config="smoke", data_dir=str(tmp_path)))
+  assert info == {k: out[k] for k in info}
+  logits, features = fid.apply_in_batches(params, np.zeros((3, 32, 32, 1)))
+  assert logits.shape == (3, 10) and features.shape == (3, fid.FEATURE_DIM)
