@@ -31,8 +31,12 @@ _SEED = flags.DEFINE_integer("seed", None, "Noise seed.")
 flags.mark_flags_as_required(["workdir"])
 
 
-def sample_run(workdir, **overrides):
-  """Evaluates samples of the run in `workdir`; returns the new results."""
+def load_run(workdir):
+  """(config, task, params, builder, mesh) of the diffusion run in workdir.
+
+  params are the latest checkpoint's EMA weights (raw weights if the run
+  had no EMA), placed with the run's shardings on its mesh.
+  """
   # pylint: disable=g-import-not-at-top
   import jax
   import ml_collections
@@ -44,7 +48,6 @@ def sample_run(workdir, **overrides):
   from efficient.train import checkpoint as checkpoint_lib
   from efficient.train import sharding
 
-  workdir = os.path.abspath(workdir)
   config_path = os.path.join(workdir, "config.json")
   if not os.path.exists(config_path):
     raise ConfigError(f"--workdir={workdir}: no config.json (not a run)")
@@ -52,10 +55,6 @@ def sample_run(workdir, **overrides):
     config = ml_collections.ConfigDict(json.load(f))
   if config.get("task") != "diffusion":
     raise ConfigError(f"--workdir={workdir} is not a diffusion run")
-  sample = dict(config.sample.to_dict())
-  default_count = sample["num_samples"]
-  sample.update({k: v for k, v in overrides.items() if v is not None})
-
   mesh = sharding.make_mesh(tuple(map(tuple, config.mesh)))
   builder = pipeline.load_builder(config.data)
   kwargs = dict(config.model.to_dict())
@@ -66,21 +65,32 @@ def sample_run(workdir, **overrides):
     abstract = jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
         sharding.unbox(boxed), sharding.state_shardings(boxed, mesh))
-    key = "ema_params" if config.ema_decay > 0 else "params"
-    try:
-      params = checkpoint_lib.load_weights(workdir, {key: abstract})[key]
-    except FileNotFoundError as e:
-      raise ConfigError(str(e)) from None
-    results = training.evaluate_samples(task, params, builder, mesh=mesh,
-                                        workdir=workdir, **sample)
+  key = "ema_params" if config.ema_decay > 0 else "params"
+  try:
+    params = checkpoint_lib.load_weights(workdir, {key: abstract})[key]
+  except FileNotFoundError as e:
+    raise ConfigError(str(e)) from None
+  return config, task, params, builder, mesh
+
+
+def sample_run(workdir, **overrides):
+  """Evaluates samples of the run in `workdir`; returns the new results."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from efficient.diffusion import training
+
+  workdir = os.path.abspath(workdir)
+  config, task, params, builder, mesh = load_run(workdir)
+  sample = dict(config.sample.to_dict())
+  default_count = sample["num_samples"]
+  sample.update({k: v for k, v in overrides.items() if v is not None})
+  prefix = f"{sample['sampler']}_{sample['num_steps']}"
   if sample["num_samples"] != default_count:  # Keep both counts apart.
-    prefix = f"{sample['sampler']}_{sample['num_steps']}"
-    renamed = f"{prefix}_n{sample['num_samples']}"
-    results = {k.replace(prefix + "/", renamed + "/"): v
-               for k, v in results.items()}
-    png = os.path.join(workdir, f"{prefix}_samples.png")
-    if os.path.exists(png):
-      os.replace(png, os.path.join(workdir, f"{renamed}_samples.png"))
+    prefix += f"_n{sample['num_samples']}"
+  with jax.set_mesh(mesh):
+    results = training.evaluate_samples(task, params, builder, mesh=mesh,
+                                        workdir=workdir, prefix=prefix,
+                                        **sample)
   results_path = os.path.join(workdir, "results.json")
   merged = {}
   if os.path.exists(results_path):

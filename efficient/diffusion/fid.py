@@ -17,6 +17,10 @@ between runs that use the same classifier file.
     (100 subsets of ≤ 1000, torch-fidelity's defaults); mean and std.
   * Class accuracy of conditional samples: how often the classifier assigns
     a sample to the class it was generated for.
+  * High-frequency spectral error (a distortion proxy, reference/
+    diffusion.md §4.2): the mean |log₁₀ P_gen(r) − log₁₀ P_real(r)| of the
+    radially averaged power spectra over the upper half of the radii up to
+    Nyquist — blur lowers P at high r, patch artefacts and noise raise it.
 """
 import json
 import os
@@ -190,3 +194,27 @@ def kernel_inception_distance(features_a, features_b, *, num_subsets=100,
                            b[rng.choice(len(b), size, replace=False)])
             for _ in range(num_subsets)]
   return float(np.mean(values)), float(np.std(values))
+
+
+def radial_power_spectrum(images):
+  """Mean power |FFT|² of [n, h, w(, 1)] images (each minus its mean) by
+  integer radius r = 0..min(h, w)//2; returns [min(h, w)//2 + 1]."""
+  x = np.asarray(images, np.float64)
+  if x.ndim == 4:
+    x = x[..., 0]
+  x = x - x.mean(axis=(1, 2), keepdims=True)
+  power = (np.abs(np.fft.fft2(x))**2).mean(0)
+  h, w = power.shape
+  fy, fx = np.meshgrid(np.fft.fftfreq(h) * h, np.fft.fftfreq(w) * w,
+                       indexing="ij")
+  radius = np.round(np.sqrt(fy**2 + fx**2)).astype(int)
+  top = min(h, w) // 2
+  return np.array([power[radius == r].mean() for r in range(top + 1)])
+
+
+def high_frequency_spectral_error(images_a, images_b):
+  """Mean |Δ log₁₀ power| over radii top/2 + 1 .. top (top = Nyquist)."""
+  pa, pb = radial_power_spectrum(images_a), radial_power_spectrum(images_b)
+  top = len(pa) - 1
+  band = slice(top // 2 + 1, top + 1)
+  return float(np.mean(np.abs(np.log10(pa[band]) - np.log10(pb[band]))))

@@ -13,8 +13,9 @@
     so the number is deterministic and comparable across runs;
   * final results: `evaluate_samples` with `config.sample`, i.e. FID / KID /
     class accuracy of conditional samples in the features of the cached
-    Fashion-MNIST classifier (`efficient.diffusion.fid`), a sample-grid PNG,
-    plus params, forward GMACs and training compute.
+    Fashion-MNIST classifier and the high-frequency spectral error
+    (`efficient.diffusion.fid`), a sample-grid PNG, plus forward GMACs and
+    training compute.
 
 `experiments/sample.py` calls `evaluate_samples` on a finished run with any
 sampler (e.g. DDPM 250 steps against DPM-Solver++ 20).
@@ -199,13 +200,14 @@ def save_grid(images, labels, path, per_class=10):
 def evaluate_samples(task, params, builder, *, num_samples, batch_size,
                      sampler, num_steps, guidance, guidance_power=0.0,
                      seed=0, mesh=None, workdir=None, split="test",
-                     classifier_steps=1500, progress=True):
+                     classifier_steps=1500, progress=True, prefix=None):
   """FID / KID / class accuracy of `num_samples` samples against `split`.
 
-  Keys are prefixed `<sampler>_<num_steps>/` so results of several samplers
-  can share one results.json; a `<prefix>samples.png` grid goes to workdir.
+  Keys are prefixed `<prefix>/`, by default `<sampler>_<num_steps>`, so
+  results of several samplers can share one results.json; a
+  `<prefix>_samples.png` grid goes to workdir.
   """
-  prefix = f"{sampler}_{num_steps}"
+  prefix = prefix or f"{sampler}_{num_steps}"
   classifier, info = fid.load_or_train(builder, steps=classifier_steps,
                                        progress=progress)
   start = time.time()
@@ -223,6 +225,8 @@ def evaluate_samples(task, params, builder, *, num_samples, batch_size,
          f"{prefix}/kid": kid, f"{prefix}/kid_std": kid_std,
          f"{prefix}/class_accuracy": float((logits.argmax(-1) ==
                                             labels).mean()),
+         f"{prefix}/hf_spectral_error": fid.high_frequency_spectral_error(
+             images, real),
          f"{prefix}/num_samples": int(num_samples),
          f"{prefix}/guidance": float(guidance),
          f"{prefix}/sample_time_sec": sample_time,

@@ -335,6 +335,8 @@ def _run(config, workdir, mesh, builder, wall_start):
   results_path = os.path.join(workdir, "results.json")
   if steps_done:
     results["train/steps_per_sec"] = steps_done / max(train_time, 1e-9)
+    results["train/examples_per_sec"] = (results["train/steps_per_sec"] *
+                                         config.batch_size)
     results["train_time_sec"] = train_time
     results["eval_time_sec"] = eval_time
     results["compile_time_sec"] = compile_time
@@ -343,7 +345,7 @@ def _run(config, workdir, mesh, builder, wall_start):
     with open(results_path) as f:
       previous = json.load(f)
     results.update({k: v for k, v in previous.items() if "time" in k or
-                    "steps_per_sec" in k})
+                    "_per_sec" in k})
   results.setdefault("wall_time_sec", time.time() - wall_start)
   results["num_params"] = int(num_params)
   results["devices"] = (f"{jax.device_count()} x "

@@ -200,9 +200,10 @@ def test_train_then_sample_cli_writes_scores_and_grids(fashion_dirs, tmp_path):
       devices=2, timeout=600, **env)
   assert result.returncode == 0, result.stderr[-3000:]
   results = json.loads((workdir / "results.json").read_text())
-  for key in ("validation/loss", "dpm_solver_pp_2/fid", "dpm_solver_pp_2/kid",
-              "dpm_solver_pp_2/class_accuracy", "fid_classifier/test_accuracy",
-              "model/gmacs_forward", "train/compute_tmacs"):
+  for key in ("validation/loss", "model/gmacs_forward", "train/compute_tmacs",
+              "train/examples_per_sec", "fid_classifier/test_accuracy",
+              *(f"dpm_solver_pp_2/{k}" for k in (
+                  "fid", "kid", "class_accuracy", "hf_spectral_error"))):
     assert np.isfinite(results[key]), key
   assert results["dpm_solver_pp_2/num_samples"] == 16
   grid = matplotlib.image.imread(workdir / "dpm_solver_pp_2_samples.png")
@@ -223,6 +224,18 @@ def test_train_then_sample_cli_writes_scores_and_grids(fashion_dirs, tmp_path):
   assert np.isfinite(merged["ddpm_3_n8/fid"])
   assert merged["dpm_solver_pp_2/fid"] == results["dpm_solver_pp_2/fid"]
   assert (workdir / "ddpm_3_n8_samples.png").exists()
+  out = tmp_path / "curve.json"
+  curve = subprocess.run(
+      [sys.executable, "scripts/denoising_curve.py", str(workdir),
+       "--num_images=6", "--num_t=3", f"--out={out}",
+       f"--plot={tmp_path / 'curve.png'}"], cwd=conftest.REPO,
+      env=conftest.subprocess_env(devices=2, **env), capture_output=True,
+      text=True, timeout=300, check=False)
+  assert curve.returncode == 0, curve.stderr[-2000:]
+  records = json.loads(out.read_text())
+  assert [r["step"] for r in records] == [1, 500, 1000]
+  assert all(np.isfinite(r["high_res_mse"]) for r in records)
+  assert (tmp_path / "curve.png").exists()
   missing = conftest.run_module("experiments.sample",
                                 f"--workdir={tmp_path / 'nothing'}",
                                 devices=1, **env)
@@ -246,3 +259,23 @@ def test_train_fid_classifier_script_caches_and_reports(fashion_dirs,
   assert info == {k: out[k] for k in info}
   logits, features = fid.apply_in_batches(params, np.zeros((3, 32, 32, 1)))
   assert logits.shape == (3, 10) and features.shape == (3, fid.FEATURE_DIM)
+
+
+def test_high_frequency_spectral_error_sees_blur_and_noise_not_copies():
+  rng = np.random.default_rng(4)
+  real = np.clip(rng.normal(size=(64, 32, 32, 1)) * 0.5, -1, 1)
+  real[:, 8:24, 8:24] += 0.8  # Edges: broadband power.
+  assert fid.high_frequency_spectral_error(real, real.copy()) == 0.0
+  blurred = (real + np.roll(real, 1, 1) + np.roll(real, 1, 2) +
+             np.roll(real, (1, 1), (1, 2))) / 4
+  noisy = real + 0.5 * rng.normal(size=real.shape)
+  other = np.clip(rng.normal(size=real.shape) * 0.5, -1, 1)
+  other[:, 8:24, 8:24] += 0.8
+  same_kind = fid.high_frequency_spectral_error(real, other)
+  assert same_kind < 0.05
+  assert fid.high_frequency_spectral_error(blurred, real) > 10 * same_kind
+  assert fid.high_frequency_spectral_error(noisy, real) > 3 * same_kind
+  # A pure cosine at radius r puts its power at r.
+  yy, xx = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+  wave = np.cos(2 * np.pi * 5 * xx / 32)[None]
+  assert np.argmax(fid.radial_power_spectrum(wave)) == 5
