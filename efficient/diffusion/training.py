@@ -20,6 +20,7 @@
 `experiments/sample.py` calls `evaluate_samples` on a finished run with any
 sampler (e.g. DDPM 250 steps against DPM-Solver++ 20).
 """
+import json
 import os
 import time
 
@@ -158,20 +159,47 @@ def make_sampler(task, *, sampler, num_steps, guidance, guidance_power=0.0):
   return run
 
 
+def _fingerprint(params):
+  """A number that changes when the weights do (guards the sample cache)."""
+  return repr(float(sum(jnp.sum(jnp.abs(p)) for p in jax.tree.leaves(params))))
+
+
 def generate(task, params, *, num_samples, batch_size, seed=0, mesh=None,
-             progress=True, **sampler_kwargs):
+             progress=True, cache_dir=None, **sampler_kwargs):
   """`num_samples` images in [−1, 1] (numpy) and their labels; class i % C.
 
   Batches run through one compiled sampler (the last batch padded), their
-  noise drawn from `fold_in(PRNGKey(seed), batch index)`.
+  noise drawn from `fold_in(PRNGKey(seed), batch index)`. With `cache_dir`,
+  each finished batch is saved there (`batch_<i>.npy` + `meta.json`), and a
+  later call with the same weights and settings starts after the last saved
+  batch: a sampling job cut short resumes instead of starting over.
   """
   labels = np.arange(num_samples, dtype=np.int32) % task.null_class
   run = make_sampler(task, **sampler_kwargs)
   compiled = jax.jit(lambda *args: jnp.clip(run(*args), -1.0, 1.0))
   shape = (batch_size, task.size, task.size, task.channels)
+  meta = dict(sampler_kwargs, num_samples=num_samples, batch_size=batch_size,
+              seed=seed, weights=_fingerprint(params))
+  if cache_dir is not None:
+    os.makedirs(cache_dir, exist_ok=True)
+    meta_path = os.path.join(cache_dir, "meta.json")
+    stale = True
+    if os.path.exists(meta_path):
+      with open(meta_path) as f:
+        stale = json.load(f) != json.loads(json.dumps(meta))
+    if stale and jax.process_index() == 0:
+      for name in os.listdir(cache_dir):
+        os.remove(os.path.join(cache_dir, name))
+      with open(meta_path, "w") as f:
+        json.dump(meta, f)
   images = []
-  for b in tqdm.trange(-(-num_samples // batch_size), desc="sample",
-                       disable=not progress, mininterval=2.0):
+  num_batches = -(-num_samples // batch_size)
+  for b in tqdm.trange(num_batches, desc="sample", disable=not progress,
+                       mininterval=2.0):
+    cached = cache_dir and os.path.join(cache_dir, f"batch_{b:05d}.npy")
+    if cached and os.path.exists(cached):
+      images.append(np.load(cached))
+      continue
     key = jax.random.fold_in(jax.random.PRNGKey(seed), b)
     noise_key, step_key = jax.random.split(key)
     y = np.resize(labels[b * batch_size:(b + 1) * batch_size], batch_size)
@@ -179,6 +207,9 @@ def generate(task, params, *, num_samples, batch_size, seed=0, mesh=None,
     if mesh is not None:  # The same global arrays on every process.
       noise, y = jax.device_put((noise, y), sharding.batch_sharding(mesh))
     images.append(np.asarray(compiled(params, noise, y, step_key)))
+    if cached and jax.process_index() == 0:
+      np.save(cached + ".tmp.npy", images[-1])
+      os.replace(cached + ".tmp.npy", cached)
   return np.concatenate(images)[:num_samples], labels
 
 
@@ -205,15 +236,19 @@ def evaluate_samples(task, params, builder, *, num_samples, batch_size,
 
   Keys are prefixed `<prefix>/`, by default `<sampler>_<num_steps>`, so
   results of several samplers can share one results.json; a
-  `<prefix>_samples.png` grid goes to workdir.
+  `<prefix>_samples.png` grid goes to workdir, and the samples themselves
+  to `<workdir>/samples/<prefix>/` (which also lets an interrupted
+  evaluation resume).
   """
   prefix = prefix or f"{sampler}_{num_steps}"
   classifier, info = fid.load_or_train(builder, steps=classifier_steps,
                                        progress=progress)
   start = time.time()
+  cache_dir = workdir and os.path.join(workdir, "samples", prefix)
   images, labels = generate(task, params, num_samples=num_samples,
                             batch_size=batch_size, seed=seed, mesh=mesh,
-                            progress=progress, sampler=sampler,
+                            progress=progress, cache_dir=cache_dir,
+                            sampler=sampler,
                             num_steps=num_steps, guidance=guidance,
                             guidance_power=guidance_power)
   sample_time = time.time() - start

@@ -121,6 +121,27 @@ def test_generate_is_deterministic_balanced_and_the_same_on_a_mesh():
     training.make_sampler(task, sampler="euler", num_steps=3, guidance=1.0)
 
 
+def test_generate_resumes_from_its_cache_and_drops_a_stale_one(tmp_path):
+  _, task = _task("fmnist_dit")
+  params = jax.tree.map(lambda p: p + 0.01,
+                        task.init_params(jax.random.PRNGKey(0)))
+  kwargs = dict(num_samples=6, batch_size=4, sampler="ddim", num_steps=2,
+                guidance=1.0, progress=False, cache_dir=str(tmp_path))
+  images, _ = training.generate(task, params, **kwargs)
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      "batch_00000.npy", "batch_00001.npy", "meta.json"]
+  # A marked batch comes back as saved: the cache is read, not recomputed.
+  np.save(tmp_path / "batch_00001.npy", np.full((4, 32, 32, 1), 0.25))
+  again, _ = training.generate(task, params, **kwargs)
+  np.testing.assert_array_equal(again[:4], images[:4])
+  assert (again[4:] == 0.25).all()
+  # Other weights: the cache is stale and everything is sampled afresh.
+  moved = jax.tree.map(lambda p: p + 0.01, params)
+  fresh, _ = training.generate(task, moved, **kwargs)
+  assert not (fresh[4:] == 0.25).all()
+  assert np.abs(fresh - images).max() > 1e-4
+
+
 def test_save_grid_puts_one_class_per_row(tmp_path):
   images = np.stack([np.full((32, 32, 1), c / 5 - 1) for c in range(30)])
   labels = np.arange(30) % 3
