@@ -59,7 +59,7 @@ DIMR = {  # variant: stages, input, channels, classes
     "fmnist_dimr_adaln": (FMNIST_DIMR_STAGES, 32, 1, 10),
 }
 SMOKE_DIT = (2, 32, 2, 4)
-SMOKE_DIMR = (("transformer", 32, 64, 2, 3, 4), ("convnext", 16, 32, 2, 2, 1))
+SMOKE_DIMR = (("transformer", 32, 64, 2, 3, 4), ("convnext", 16, 32, 2, 1, 1))
 DEFAULT_BUDGET_TMACS = 92.7  # 3 × 0.2413 GMACs × 64 images × 2,000 steps.
 
 

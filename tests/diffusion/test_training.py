@@ -214,6 +214,22 @@ def test_train_then_sample_cli_writes_scores_and_grids(fashion_dirs, tmp_path):
   idx, tfds_dir = fashion_dirs
   env = dict(FASHION_MNIST_DIR=idx, TFDS_DATA_DIR=tfds_dir,
              JAX_DISABLE_MOST_OPTIMIZATIONS=1)
+  # The classifier script first: the training run must reuse its cache.
+  script = subprocess.run(
+      [sys.executable, "scripts/train_fid_classifier.py", "--config=smoke",
+       "--steps=3", f"--data_dir={tfds_dir}"], cwd=conftest.REPO,
+      env=conftest.subprocess_env(devices=1, **env), capture_output=True,
+      text=True, timeout=300, check=False)
+  assert script.returncode == 0, script.stderr[-2000:]
+  info = json.loads(script.stdout[script.stdout.index("{"):])
+  assert info["steps"] == 3 and 0.0 <= info["test_accuracy"] <= 1.0
+  assert os.path.exists(info["checkpoint"])
+  params, cached = fid.load_or_train(
+      fashion_mnist.FashionMnistDeb(config="smoke", data_dir=tfds_dir))
+  assert cached == {k: info[k] for k in cached}
+  logits, features = fid.apply_in_batches(params, np.zeros((3, 32, 32, 1)))
+  assert logits.shape == (3, 10) and features.shape == (3, fid.FEATURE_DIM)
+
   workdir = tmp_path / "run"
   result = conftest.run_module(
       "experiments.train", "--config=configs/diffusion.py:fmnist_dit_tdln,smoke",
@@ -229,7 +245,8 @@ def test_train_then_sample_cli_writes_scores_and_grids(fashion_dirs, tmp_path):
   assert results["dpm_solver_pp_2/num_samples"] == 16
   grid = matplotlib.image.imread(workdir / "dpm_solver_pp_2_samples.png")
   assert grid.shape[:2] == (10 * 32, 10 * 32)
-  assert "Training the FID classifier" in result.stderr
+  assert results["fid_classifier/test_accuracy"] == info["test_accuracy"]
+  assert "Training the FID classifier" not in result.stderr  # Cached.
   metrics = [json.loads(l) for l in
              (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [m["step"] for m in metrics if "train/loss" in m] == [1, 2]
@@ -239,7 +256,7 @@ def test_train_then_sample_cli_writes_scores_and_grids(fashion_dirs, tmp_path):
       "--num_steps=3", "--num_samples=8", "--batch_size=4", devices=2,
       timeout=600, **env)
   assert sampled.returncode == 0, sampled.stderr[-3000:]
-  assert "Training the FID classifier" not in sampled.stderr  # Cached.
+  assert "Training the FID classifier" not in sampled.stderr
   merged = json.loads((workdir / "results.json").read_text())
   assert merged["ddpm_3_n8/num_samples"] == 8
   assert np.isfinite(merged["ddpm_3_n8/fid"])
@@ -261,25 +278,6 @@ def test_train_then_sample_cli_writes_scores_and_grids(fashion_dirs, tmp_path):
                                 f"--workdir={tmp_path / 'nothing'}",
                                 devices=1, **env)
   assert missing.returncode == 2 and "config.json" in missing.stderr
-
-
-def test_train_fid_classifier_script_caches_and_reports(fashion_dirs,
-                                                        tmp_path):
-  idx, _ = fashion_dirs
-  result = subprocess.run(
-      [sys.executable, "scripts/train_fid_classifier.py", "--config=smoke",
-       "--steps=3", f"--data_dir={tmp_path}"], cwd=conftest.REPO,
-      env=conftest.subprocess_env(devices=1, FASHION_MNIST_DIR=idx),
-      capture_output=True, text=True, timeout=300, check=False)
-  assert result.returncode == 0, result.stderr[-2000:]
-  out = json.loads(result.stdout[result.stdout.index("{"):])
-  assert out["steps"] == 3 and 0.0 <= out["test_accuracy"] <= 1.0
-  assert os.path.exists(out["checkpoint"])
-  params, info = fid.load_or_train(
-      fashion_mnist.FashionMnistDeb(config="smoke", data_dir=str(tmp_path)))
-  assert info == {k: out[k] for k in info}
-  logits, features = fid.apply_in_batches(params, np.zeros((3, 32, 32, 1)))
-  assert logits.shape == (3, 10) and features.shape == (3, fid.FEATURE_DIM)
 
 
 def test_high_frequency_spectral_error_sees_blur_and_noise_not_copies():
