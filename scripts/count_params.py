@@ -6,7 +6,7 @@ The model is instantiated abstractly (`jax.eval_shape`: no weights are
 allocated, so the 1B-parameter presets count in seconds on a laptop). GMACs
 are the analytic multiply-accumulates of one forward pass for one image
 (the convention of the DiT and DiMR papers' "GFLOPs"), from
-`dit.forward_macs` / `dimr.forward_macs`.
+`training.forward_macs` (dit's or dimr's).
 """
 import json
 
@@ -18,20 +18,20 @@ from ml_collections import config_flags
 import numpy as np
 
 from efficient import models
-from efficient.diffusion import dimr
-from efficient.diffusion import dit
+from efficient.diffusion import training
 
 _CONFIG = config_flags.DEFINE_config_file("config", None,
                                           "Config file, `path.py:arg`.")
 flags.mark_flags_as_required(["config"])
-MACS = {"dit": dit.forward_macs, "dimr": dimr.forward_macs}
+DIFFUSION_MODELS = ("dit", "dimr")
 
 
 def count(model_config):
   kwargs = dict(model_config)
   name = kwargs.pop("name")
-  if name not in MACS:
-    raise ValueError(f"model {name!r} is not a diffusion model {sorted(MACS)}")
+  if name not in DIFFUSION_MODELS:
+    raise ValueError(f"model {name!r} is not a diffusion model "
+                     f"{list(DIFFUSION_MODELS)}")
   model = models.get_model(name, **kwargs)
   size, channels = kwargs["input_size"], kwargs["in_channels"]
   x = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
@@ -39,7 +39,7 @@ def count(model_config):
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, n, n)
   params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(shapes))
   return {"model": name, "params": params, "params_millions": params / 1e6,
-          "gmacs": MACS[name](model) / 1e9}
+          "gmacs": training.forward_macs(model) / 1e9}
 
 
 def main(argv):

@@ -28,13 +28,12 @@ matplotlib.use("Agg")
 
 def curve(workdir, num_images, num_t, batch_size=250):
   """[(step, loss, high_res_mse)] of the run in `workdir` on the grid."""
-  from efficient.diffusion import training  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from efficient.diffusion import fid
+  from efficient.diffusion import training
   _, task, params, builder, _ = sample_lib.load_run(os.path.abspath(workdir))
-  source = builder.as_data_source(split="validation")
-  images = np.stack([task.transform.map(source[i])["image"]
-                     for i in range(min(num_images, len(source)))])
-  labels = np.array([int(source[i]["label"]) for i in range(len(images))],
-                    np.int32)
+  images, labels = fid.load_images(builder.as_data_source(split="validation"),
+                                   task.transform, limit=num_images)
   steps = np.round(np.linspace(1, task.schedule.num_steps, num_t)).astype(
       np.int32)
 

@@ -57,7 +57,8 @@ class FeatureNet(nn.Module):
     return nn.Dense(self.num_classes)(features), features
 
 
-def _images(source, transform, limit=None):
+def load_images(source, transform, limit=None):
+  """(images, labels) of the first `limit` examples of a split, transformed."""
   n = len(source) if limit is None else min(limit, len(source))
   examples = [transform.map(source[i]) for i in range(n)]
   return (np.stack([e["image"] for e in examples]),
@@ -72,7 +73,7 @@ def train_feature_net(builder, *, steps=1500, batch_size=128, seed=0,
   so the features do not key on exact pixel positions.
   """
   transform = pipeline.ImageToFloat(image_size)
-  images, labels = _images(builder.as_data_source(split="train"), transform)
+  images, labels = load_images(builder.as_data_source(split="train"), transform)
   model = FeatureNet()
   params = model.init(jax.random.PRNGKey(seed), images[:1])["params"]
   tx = optax.adam(optax.cosine_decay_schedule(1e-3, steps))
@@ -94,7 +95,7 @@ def train_feature_net(builder, *, steps=1500, batch_size=128, seed=0,
     dy, dx = rng.integers(-2, 3, 2)
     x = np.roll(images[idx], (dy, dx), axis=(1, 2))
     params, opt_state, _ = step(params, opt_state, x, labels[idx])
-  test_images, test_labels = _images(builder.as_data_source(split="test"),
+  test_images, test_labels = load_images(builder.as_data_source(split="test"),
                                      transform)
   logits, _ = apply_in_batches(params, test_images)
   accuracy = float((logits.argmax(-1) == test_labels).mean())
@@ -103,26 +104,19 @@ def train_feature_net(builder, *, steps=1500, batch_size=128, seed=0,
 
 def apply_in_batches(params, images, batch_size=500):
   """(logits, features) as numpy for images [n, 32, 32, 1] in [−1, 1]."""
-  apply = _jitted_apply()
   logits, features = [], []
   for start in range(0, len(images), batch_size):
     chunk = np.asarray(images[start:start + batch_size], np.float32)
     pad = batch_size - len(chunk)  # One compiled shape.
     chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:],
                                             np.float32)])
-    out_logits, out_features = apply(params, chunk)
+    out_logits, out_features = _apply(params, chunk)
     logits.append(np.asarray(out_logits)[:batch_size - pad])
     features.append(np.asarray(out_features)[:batch_size - pad])
   return np.concatenate(logits), np.concatenate(features)
 
 
-_APPLY = []
-
-
-def _jitted_apply():
-  if not _APPLY:
-    _APPLY.append(jax.jit(lambda p, x: FeatureNet().apply({"params": p}, x)))
-  return _APPLY[0]
+_apply = jax.jit(lambda p, x: FeatureNet().apply({"params": p}, x))
 
 
 def load_or_train(builder, *, steps=1500, progress=True):

@@ -252,7 +252,8 @@ def evaluate_samples(task, params, builder, *, num_samples, batch_size,
                             num_steps=num_steps, guidance=guidance,
                             guidance_power=guidance_power)
   sample_time = time.time() - start
-  real, _ = fid._images(builder.as_data_source(split=split), task.transform)  # pylint: disable=protected-access
+  real, _ = fid.load_images(builder.as_data_source(split=split),
+                            task.transform)
   logits, features = fid.apply_in_batches(classifier, images)
   _, real_features = fid.apply_in_batches(classifier, real)
   kid, kid_std = fid.kernel_inception_distance(features, real_features)
