@@ -140,13 +140,13 @@ def to_params(config, tensors):
     k = unpermute(t("attn_k"), c.n_kv_heads)
     params[f"block_{i}"] = {
         "attn_norm": {"scale": t("attn_norm")},
-        "q": {"kernel": dense(q).reshape(c.dim, c.n_heads, dh)},
-        "k": {"kernel": dense(k).reshape(c.dim, c.n_kv_heads, dh)},
-        "v": {"kernel": dense(t("attn_v")).reshape(c.dim, c.n_kv_heads, dh)},
+        "qkv": {"kernel": np.concatenate(
+            [dense(q), dense(k), dense(t("attn_v"))], axis=1).reshape(
+                c.dim, c.n_heads + 2 * c.n_kv_heads, dh)},
         "o": {"kernel": dense(t("attn_output")).reshape(c.n_heads, dh, c.dim)},
         "mlp_norm": {"scale": t("ffn_norm")},
-        "gate": {"kernel": dense(t("ffn_gate"))},
-        "up": {"kernel": dense(t("ffn_up"))},
+        "gate_up": {"kernel": np.concatenate(
+            [dense(t("ffn_gate")), dense(t("ffn_up"))], axis=1)},
         "down": {"kernel": dense(t("ffn_down"))},
     }
   return {"params": params}

@@ -62,18 +62,19 @@ def _write(path, params, quantize):
   add("output_norm.weight", p["final_norm"]["scale"])
   for i in range(c.n_layers):
     b = p[f"block_{i}"]
-    flat = lambda k: np.asarray(k).reshape(c.dim, -1).T  # noqa: E731
+    q, k, v = np.split(np.asarray(b["qkv"]["kernel"]),
+                       [c.n_heads, c.n_heads + c.n_kv_heads], axis=1)
+    flat = lambda k: k.reshape(c.dim, -1).T  # noqa: E731
+    gate, up = np.split(np.asarray(b["gate_up"]["kernel"]), 2, axis=1)
     add(f"blk.{i}.attn_norm.weight", b["attn_norm"]["scale"])
-    add(f"blk.{i}.attn_q.weight",
-        gguf_loader.permute(flat(b["q"]["kernel"]), c.n_heads))
-    add(f"blk.{i}.attn_k.weight",
-        gguf_loader.permute(flat(b["k"]["kernel"]), c.n_kv_heads))
-    add(f"blk.{i}.attn_v.weight", flat(b["v"]["kernel"]))
+    add(f"blk.{i}.attn_q.weight", gguf_loader.permute(flat(q), c.n_heads))
+    add(f"blk.{i}.attn_k.weight", gguf_loader.permute(flat(k), c.n_kv_heads))
+    add(f"blk.{i}.attn_v.weight", flat(v))
     add(f"blk.{i}.attn_output.weight",
         np.asarray(b["o"]["kernel"]).reshape(-1, c.dim).T)
     add(f"blk.{i}.ffn_norm.weight", b["mlp_norm"]["scale"])
-    add(f"blk.{i}.ffn_gate.weight", np.asarray(b["gate"]["kernel"]).T)
-    add(f"blk.{i}.ffn_up.weight", np.asarray(b["up"]["kernel"]).T)
+    add(f"blk.{i}.ffn_gate.weight", gate.T)
+    add(f"blk.{i}.ffn_up.weight", up.T)
     add(f"blk.{i}.ffn_down.weight", np.asarray(b["down"]["kernel"]).T)
   w.write_header_to_file()
   w.write_kv_data_to_file()
@@ -121,11 +122,13 @@ def test_without_unpermute_the_logits_differ(tmp_path, original):
   path = tmp_path / "tiny.gguf"
   _write(path, params, False)
   loaded = gguf_loader.load(str(path))
-  p = loaded.params["params"]["block_0"]
-  for name, heads in [("q", config.n_heads), ("k", config.n_kv_heads)]:
-    k = np.asarray(p[name]["kernel"]).reshape(config.dim, -1)
-    p[name]["kernel"] = gguf_loader.permute(k.T, heads).T.reshape(
-        p[name]["kernel"].shape)
+  p = loaded.params["params"]["block_0"]["qkv"]
+  c = config
+  q, k, v = np.split(np.asarray(p["kernel"]),
+                     [c.n_heads, c.n_heads + c.n_kv_heads], axis=1)
+  q, k = [gguf_loader.permute(w.reshape(c.dim, -1).T, h).T.reshape(w.shape)
+          for w, h in [(q, c.n_heads), (k, c.n_kv_heads)]]
+  p["kernel"] = np.concatenate([q, k, v], axis=1)
   tokens = jnp.arange(10)[None] % config.vocab_size
   diff = jnp.abs(model.apply(loaded.params, tokens)[0]
                  - model.apply(params, tokens)[0])
