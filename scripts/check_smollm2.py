@@ -55,7 +55,7 @@ def main(argv=None):
   hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
                                             dtype=torch.float32).eval()
   hf_load = time.time() - t0
-  model = lm.Llama(ours.config)
+  model = lm.Llama.from_config(ours.config)
   apply = jax.jit(model.apply)
   rows = []
   for text in TEXTS:

@@ -68,7 +68,7 @@ def unpermute(w, n_head):
 @dataclasses.dataclass
 class GGUFModel:
   config: lm.LlamaConfig
-  params: dict  # {"params": ...} for lm.Llama(config).apply
+  params: dict  # {"params": ...} for lm.Llama.from_config(config).apply
   tokenizer: object  # tokenizers.Tokenizer
   bos_id: int | None
   eos_id: int | None

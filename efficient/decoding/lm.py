@@ -153,7 +153,9 @@ class Block(nn.Module):
 
 
 class Llama(nn.Module):
-  """Decoder-only LM. Two modes:
+  """Decoder-only LM (fields as in `LlamaConfig`; `Llama.from_config`).
+
+  Two modes:
 
   * with `cache`: tokens [B, T] are appended at `cache.lengths`, attention is
     causal over the cache; returns (logits [B, T, V], hidden, new cache).
@@ -164,7 +166,26 @@ class Llama(nn.Module):
   `hidden` is the final-normed feature, the LM head's input (EAGLE/EDA
   drafts read it).
   """
-  config: LlamaConfig
+  vocab_size: int
+  dim: int
+  n_layers: int
+  n_heads: int
+  n_kv_heads: int
+  hidden_dim: int
+  head_dim: int | None = None
+  rope_theta: float = 10000.0
+  norm_eps: float = 1e-5
+  tie_embeddings: bool = True
+  init_std: float = 0.02
+
+  @classmethod
+  def from_config(cls, config):
+    return cls(**dataclasses.asdict(config))
+
+  @property
+  def config(self):
+    return LlamaConfig(**{f.name: getattr(self, f.name)
+                          for f in dataclasses.fields(LlamaConfig)})
 
   def setup(self):
     c = self.config

@@ -85,7 +85,7 @@ def _write(path, params, quantize):
 @pytest.fixture(scope="module")
 def original():
   config = dataclasses.replace(CONFIG, vocab_size=len(_vocab()))
-  model = lm.Llama(config)
+  model = lm.Llama.from_config(config)
   params = model.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32))
   # Non-trivial norm scales, so a swapped norm would show.
   params = jax.tree_util.tree_map_with_path(

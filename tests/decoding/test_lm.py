@@ -13,7 +13,7 @@ CONFIG = lm.LlamaConfig(vocab_size=40, dim=32, n_layers=2, n_heads=4,
 
 @pytest.fixture(scope="module")
 def model():
-  m = lm.Llama(CONFIG)
+  m = lm.Llama.from_config(CONFIG)
   return m, m.init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32))
 
 

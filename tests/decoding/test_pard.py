@@ -78,7 +78,7 @@ def test_cod_example_is_the_full_example_restricted():
 def target():
   config = lm.LlamaConfig(vocab_size=40, dim=32, n_layers=2, n_heads=2,
                           n_kv_heads=1, hidden_dim=64, init_std=0.3)
-  model = lm.Llama(config)
+  model = lm.Llama.from_config(config)
   return model, model.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32))
 
 

@@ -19,7 +19,7 @@ def _llama(seed, vocab, dim, layers, std):
   config = lm.LlamaConfig(vocab_size=vocab, dim=dim, n_layers=layers,
                           n_heads=2, n_kv_heads=1, hidden_dim=2 * dim,
                           init_std=std)
-  model = lm.Llama(config)
+  model = lm.Llama.from_config(config)
   return model, model.init(jax.random.key(seed), jnp.zeros((1, 2), jnp.int32))
 
 
