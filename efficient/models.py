@@ -12,6 +12,7 @@ MODELS = {
     "encoder_classifier": "efficient.attention.encoder:EncoderClassifier",
     "dit": "efficient.diffusion.dit:DiT",
     "dimr": "efficient.diffusion.dimr:DiMR",
+    "llama": "efficient.decoding.lm:Llama",
 }
 
 

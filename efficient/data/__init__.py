@@ -8,6 +8,7 @@ import importlib
 BUILDERS = {
     "listops": "efficient.data.listops:ListOps",
     "fashion_mnist": "efficient.data.fashion_mnist:FashionMnistDeb",
+    "draft_text": "efficient.data.draft_text:DraftText",
 }
 
 

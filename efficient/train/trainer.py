@@ -154,7 +154,8 @@ def train_and_evaluate(config, workdir):
 
 
 def make_task(config, model):
-  """`config.task` ("classification" by default, or "diffusion")."""
+  """`config.task`: "classification" (default), "diffusion",
+  "language_model" or "pard" (draft models)."""
   name = config.get("task", "classification")
   if name == "classification":
     from efficient.train import classification  # pylint: disable=g-import-not-at-top
@@ -162,8 +163,12 @@ def make_task(config, model):
   if name == "diffusion":
     from efficient.diffusion import training  # pylint: disable=g-import-not-at-top
     return training.DiffusionTask(config, model)
-  raise ConfigError(f"config.task={name!r} is not 'classification' or "
-                    "'diffusion'")
+  if name in ("language_model", "pard"):
+    from efficient.decoding import training  # pylint: disable=g-import-not-at-top
+    return (training.LanguageModelTask if name == "language_model" else
+            training.PARDTask)(config, model)
+  raise ConfigError(f"config.task={name!r} is not one of 'classification', "
+                    "'diffusion', 'language_model', 'pard'")
 
 
 def _run(config, workdir, mesh, builder, wall_start):
@@ -222,6 +227,8 @@ def _run(config, workdir, mesh, builder, wall_start):
         loaded = checkpoint_lib.load_weights(config.init_from, wanted)
       except FileNotFoundError as e:
         raise ConfigError(str(e)) from None
+      if hasattr(task, "adapt_loaded"):  # e.g. PARD's mask-token row
+        loaded = {k: task.adapt_loaded(v) for k, v in loaded.items()}
       state = state.replace(**loaded)
       logging.info("Initialised weights from %s (config.init_from); "
                    "optimizer and data start fresh.", config.init_from)

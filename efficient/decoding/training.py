@@ -1,0 +1,159 @@
+"""Trainer tasks for draft models (`config.task`):
+
+  "language_model": next-token cross-entropy over `draft_text` chunks -- the
+      autoregressive draft. On a `*_regen` dataset (the target's own
+      continuations) this is sequence-level distillation: the draft learns
+      the target's outputs, not the corpus (reference/draft.md §10.3).
+  "pard": PARD's parallel-draft adaptation (drafts/pard.py): each chunk
+      becomes K segments (real tokens, then K−1 mask segments) with COD
+      row dropping and the PARD attention mask; cross-entropy averaged over
+      all supervised rows.
+
+`config.draft` options shared by both:
+  init_embedding: "target_pca" starts the draft's (tied) embedding from the
+      target's, projected on its top `dim` principal directions and
+      rescaled to the init std -- a small draft cannot learn a 49k-token
+      embedding from a few hundred thousand tokens; "random" does not.
+  target: the target name (efficient.decoding.targets) for target_pca.
+For "pard" also num_segments (K, trained), cod_ratio, cod_ratio_min,
+mask_id; `config.init_from` (an AR draft run) gives PARD its starting
+point, and the mask token's embedding row is then set to the mean embedding
+(`adapt_loaded`).
+"""
+import functools
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from efficient.decoding.drafts import pard
+
+
+@functools.lru_cache(maxsize=2)
+def target_embedding_pca(target_name, dim, std):
+  """The target's embedding [V, d_target] projected to `dim` principal
+  components (scaled so the entries have standard deviation `std`)."""
+  from efficient.decoding import targets  # pylint: disable=g-import-not-at-top
+  target = targets.load(target_name)
+  table = np.asarray(target.params["params"]["embed"]["embedding"],
+                     np.float64)
+  centred = table - table.mean(0)
+  _, _, vt = np.linalg.svd(centred, full_matrices=False)
+  projected = centred @ vt[:dim].T
+  return (projected / projected.std() * std).astype(np.float32)
+
+
+class TokensAndWeights(grain.transforms.Map):
+
+  def map(self, element):
+    return {"tokens": np.asarray(element["tokens"], np.int32),
+            "weights": np.asarray(element["weights"], np.float32)}
+
+
+class PARDExample(grain.transforms.RandomMap):
+  """draft_text chunk → PARD training example (COD drawn per example;
+  `map`, used for evaluation, draws with a fixed seed)."""
+
+  def __init__(self, num_segments, mask_id, ratio, ratio_min):
+    self.num_segments, self.mask_id = num_segments, mask_id
+    self.ratio, self.ratio_min = ratio, ratio_min
+
+  def random_map(self, element, rng):
+    tokens = np.asarray(element["tokens"], np.int32)
+    ex = pard.training_example(tokens, self.num_segments, self.mask_id, rng,
+                               self.ratio, self.ratio_min)
+    # Weights of the source (0 after a generated eos) follow the targets.
+    source_w = np.asarray(element["weights"], np.float32)
+    ex["weights"] *= source_w[np.minimum(ex["positions"] + 1,
+                                         len(tokens) - 1)]
+    return ex
+
+  def map(self, element):
+    return self.random_map(element, np.random.default_rng(0))
+
+
+class LanguageModelTask:
+  """Next-token prediction on draft_text (the AR draft)."""
+
+  def __init__(self, config, model):
+    self.model = model
+    self.seq_len = config.data.seq_len
+    self.draft = config.get("draft", {})
+    self.transform = TokensAndWeights()
+    self.embedding = None  # computed here, eagerly: init_params is traced
+    if self.draft.get("init_embedding", "random") == "target_pca":
+      self.embedding = target_embedding_pca(self.draft["target"], model.dim,
+                                            model.init_std)
+
+  def batch_spec(self, batch_size):
+    return {"tokens": ((batch_size, self.seq_len), jnp.int32),
+            "weights": ((batch_size, self.seq_len), jnp.float32)}
+
+  def init_params(self, rng):
+    params = self.model.init(rng, jnp.zeros((1, 2), jnp.int32))["params"]
+    if self.embedding is not None:
+      params["embed"]["embedding"] = jnp.asarray(self.embedding)
+    return params
+
+  def _token_losses(self, params, batch):
+    logits = self.model.apply({"params": params}, batch["tokens"][:, :-1])[0]
+    labels = batch["tokens"][:, 1:]
+    xent = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    return xent, correct, batch["weights"][:, 1:]
+
+  def loss(self, params, batch, rng):
+    del rng
+    xent, correct, w = self._token_losses(params, batch)
+    total = jnp.maximum(w.sum(), 1.0)
+    return (xent * w).sum() / total, {"accuracy": (correct * w).sum() / total}
+
+  def sums(self, params, batch):
+    xent, correct, w = self._token_losses(params, batch)
+    w = w * batch["weight"][:, None]
+    return {"loss": (xent * w).sum(), "accuracy": (correct * w).sum(),
+            "count": w.sum()}
+
+  def final_results(self, params, **unused):
+    del unused
+    return {"model/params": int(sum(x.size for x in jax.tree.leaves(params)))}
+
+
+class PARDTask(LanguageModelTask):
+  """PARD adaptation: K-segment rows with COD and the PARD mask."""
+
+  def __init__(self, config, model):
+    super().__init__(config, model)
+    d = self.draft
+    self.num_segments = d["num_segments"]
+    self.mask_id = d["mask_id"]
+    self.rows = pard.padded_length(self.seq_len, self.num_segments,
+                                   d["cod_ratio"], d["cod_ratio_min"])
+    self.transform = PARDExample(self.num_segments, self.mask_id,
+                                 d["cod_ratio"], d["cod_ratio_min"])
+
+  def batch_spec(self, batch_size):
+    n = self.rows
+    return {"inputs": ((batch_size, n), jnp.int32),
+            "positions": ((batch_size, n), jnp.int32),
+            "mask": ((batch_size, n, n), jnp.bool_),
+            "labels": ((batch_size, n), jnp.int32),
+            "weights": ((batch_size, n), jnp.float32)}
+
+  def adapt_loaded(self, params):
+    """After init_from (an AR draft): the mask token's row := the mean
+    embedding, so mask inputs start as an 'average token'."""
+    table = params["embed"]["embedding"]
+    params["embed"]["embedding"] = table.at[self.mask_id].set(table.mean(0))
+    return params
+
+  def _token_losses(self, params, batch):
+    logits = self.model.apply({"params": params}, batch["inputs"],
+                              positions=batch["positions"],
+                              mask=batch["mask"])[0]
+    xent = optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch["labels"])
+    correct = (jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32)
+    return xent, correct, batch["weights"]
