@@ -171,7 +171,7 @@ class DraftText(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [
       DraftTextConfig(name="prose", description="stdlib docstrings + pydoc "
                       "topics, SmolLM2 tokens, raw."),
-      DraftTextConfig(name="prose_regen", regen=True, num_train=4096,
+      DraftTextConfig(name="prose_regen", regen=True, num_train=2048,
                       description="prose prompts, SmolLM2 continuations."),
       DraftTextConfig(name="python", corpus="python",
                       description="stdlib source, SmolLM2 tokens, raw."),

@@ -246,14 +246,49 @@ def process_logits(logits, temperature=1.0, top_k=0, top_p=1.0):
     kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
     logits = jnp.where(logits < kth, neg, logits)
   if top_p < 1.0:
-    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above
-    keep = before < top_p  # always keeps the top token
-    threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), -1,
-                        keepdims=True)
-    logits = jnp.where(logits < threshold, neg, logits)
+    logits = jnp.where(nucleus(jax.nn.softmax(logits, -1), top_p), logits,
+                       neg)
   return jax.nn.log_softmax(logits, axis=-1)
+
+
+def nucleus(probs, top_p, iterations=40):
+  """Mask of the top-p nucleus (Holtzman et al. 2020): the most probable
+  tokens whose mass first reaches top_p (ties at the boundary kept).
+
+  Instead of sorting the vocabulary (≈0.6 s for 32 × 49k on a 2-core CPU)
+  this bisects the probability threshold τ* = max{τ : Σ_{p ≥ τ} p ≥ top_p}
+  and keeps p ≥ τ*; 40 halvings of [0, max p] resolve τ* far below any gap
+  between distinct float32 probabilities that matters.
+  """
+  lo = jnp.zeros(probs.shape[:-1] + (1,), probs.dtype)
+  hi = jnp.max(probs, -1, keepdims=True)
+
+  def halve(_, bounds):
+    lo, hi = bounds
+    mid = (lo + hi) / 2
+    enough = jnp.sum(jnp.where(probs >= mid, probs, 0), -1,
+                     keepdims=True) >= top_p
+    return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+
+  lo, hi = jax.lax.fori_loop(0, iterations, halve, (lo, hi))
+  # hi may be the max itself when the top token alone reaches top_p.
+  mass_hi = jnp.sum(jnp.where(probs >= hi, probs, 0), -1, keepdims=True)
+  threshold = jnp.where(mass_hi >= top_p, hi, lo)
+  return probs >= threshold
+
+
+def sample_categorical(rng, probs):
+  """One draw per row from (unnormalised, non-negative) probs [..., V] by
+  inverting the CDF with a single uniform per row. Exact like
+  `jax.random.categorical` up to float rounding of the cumulative sum, and
+  much cheaper on CPU for a 49k vocabulary (one random number per row
+  instead of V Gumbel draws)."""
+  cdf = jnp.cumsum(probs.astype(jnp.float32), axis=-1)
+  u = jax.random.uniform(rng, cdf.shape[:-1] + (1,)) * cdf[..., -1:]
+  index = jnp.sum(cdf <= u, axis=-1)
+  # Guard the top end (u == total) and zero-probability tails.
+  last = probs.shape[-1] - 1 - jnp.argmax((probs > 0)[..., ::-1], axis=-1)
+  return jnp.minimum(index, last).astype(jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,8 +308,7 @@ class Sampling:
   def sample(self, rng, logits):
     if self.greedy:
       return jnp.argmax(logits, -1).astype(jnp.int32)
-    return jax.random.categorical(rng, self.log_probs(logits)).astype(
-        jnp.int32)
+    return sample_categorical(rng, jnp.exp(self.log_probs(logits)))
 
 
 def pad_prompts(prompts, max_len, pad_id=0):

@@ -67,7 +67,7 @@ def verify_sampling(rng, log_p, log_q, drafts):
   mass = residual.sum(-1, keepdims=True)
   residual = jnp.where(mass > 0, residual, p[rows, j])
   nxt = jnp.where((n_acc == k)[:, None], p[:, k], residual)
-  y = jax.random.categorical(key_c, jnp.log(nxt)).astype(jnp.int32)
+  y = lm.sample_categorical(key_c, nxt)
   return n_acc, _place(drafts, n_acc, y)
 
 

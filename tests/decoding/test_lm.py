@@ -106,3 +106,17 @@ def test_process_logits_top_k_top_p():
   np.testing.assert_allclose(p, [1, 0, 0, 0], atol=1e-6)
   p = jnp.exp(lm.process_logits(logits, temperature=0.5))
   np.testing.assert_allclose(p, np.array([16, 9, 4, 1]) / 30, atol=1e-6)
+
+
+def test_nucleus_equals_the_sorted_definition():
+  """Keep token i iff the mass of tokens strictly more probable than i is
+  below top_p (sorting, the textbook construction)."""
+  for seed in range(5):
+    logits = 3 * jax.random.normal(jax.random.key(seed), (4, 300))
+    probs = np.asarray(jax.nn.softmax(logits, -1), np.float64)
+    for top_p in (0.3, 0.9, 0.99):
+      above = np.array([[probs[r][probs[r] > x].sum() for x in probs[r]]
+                        for r in range(4)])
+      want = above < top_p
+      got = np.asarray(lm.nucleus(jnp.asarray(probs, jnp.float32), top_p))
+      np.testing.assert_array_equal(got, want)

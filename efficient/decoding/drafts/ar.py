@@ -61,4 +61,4 @@ def draft_log_probs(logits, sampling):
 def sample_draft(key, log_q, sampling):
   if sampling.greedy:
     return jnp.argmax(log_q, -1).astype(jnp.int32)
-  return jax.random.categorical(key, log_q).astype(jnp.int32)
+  return lm.sample_categorical(key, jnp.exp(log_q))
