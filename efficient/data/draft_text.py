@@ -122,17 +122,32 @@ def chunks(documents, encode, eos_id, seq_len, limit_tokens=None):
 
 
 def regenerate(target, prompts, new_tokens, *, temperature, top_p, seed,
-               batch_size):
+               batch_size, cache_dir=None):
   """The target's continuations of prompts [N, P]: tokens [N, P + new],
-  weights [N, P + new] (0 after the first generated eos)."""
+  weights [N, P + new] (0 after the first generated eos).
+
+  With `cache_dir`, every finished batch is saved there and reused, so an
+  interrupted build (hours for SmolLM2 on a CPU) resumes where it stopped;
+  a batch is reused only if its prompts and settings match.
+  """
   from efficient.decoding import lm  # pylint: disable=g-import-not-at-top
   sampling = lm.Sampling(temperature=temperature, top_p=top_p)
   n, p = prompts.shape
   tokens = np.zeros((n, p + new_tokens), np.int32)
   weights = np.zeros((n, p + new_tokens), np.float32)
+  settings = f"{target.name}|{temperature}|{top_p}|{seed}|{new_tokens}"
+  if cache_dir:
+    os.makedirs(cache_dir, exist_ok=True)
   for start in tqdm.trange(0, n, batch_size, desc="regenerate", unit="batch"):
     block = prompts[start:start + batch_size]
     rows = len(block)
+    key = hashlib.md5(settings.encode() + block.tobytes()).hexdigest()[:16]
+    path = cache_dir and os.path.join(cache_dir, f"{start:07d}_{key}.npz")
+    if path and os.path.exists(path):
+      with np.load(path) as cached:
+        tokens[start:start + rows] = cached["tokens"]
+        weights[start:start + rows] = cached["weights"]
+      continue
     block = np.concatenate([block, np.repeat(block[-1:], batch_size - rows,
                                              0)])
     seq, length, _ = lm.decode(
@@ -143,6 +158,10 @@ def regenerate(target, prompts, new_tokens, *, temperature, top_p, seed,
     tokens[start:start + rows] = seq[:, :p + new_tokens]
     weights[start:start + rows] = (np.arange(p + new_tokens)[None]
                                    < length[:, None])
+    if path:
+      np.savez(path + ".tmp.npz", tokens=tokens[start:start + rows],
+               weights=weights[start:start + rows])
+      os.replace(path + ".tmp.npz", path)
   tokens = np.where(weights > 0, tokens, target.eos_id)
   return tokens, weights
 
@@ -222,7 +241,9 @@ class DraftText(tfds.core.GeneratorBasedBuilder):
             target, pieces[:, :c.prompt_len], c.seq_len - c.prompt_len,
             temperature=c.temperature, top_p=c.top_p,
             seed=c.seed + {"train": 0, "validation": 1}[split],
-            batch_size=c.batch_size)
+            batch_size=c.batch_size,
+            cache_dir=os.path.join(self.data_dir_root, "draft_text_cache",
+                                   c.name, split))
       out[split] = self._generate_examples(pieces, weights, c.prompt_len)
     return out
 
