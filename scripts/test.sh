@@ -11,7 +11,11 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh test
 
 args=("$@")
-[ ${#args[@]} -eq 0 ] && args=(-m "not slow")
+# Default: everything not `slow`, on 2 workers (pytest-xdist), one test file
+# per worker at a time so module fixtures are built once. Most of the
+# suite's time is single-threaded XLA compilation, so 2 workers on 2 cores
+# roughly halve it.
+[ ${#args[@]} -eq 0 ] && args=(-m "not slow" -n 2 --dist loadfile)
 set +e
 .venv/bin/python -m pytest "${args[@]}"
 status=$?
