@@ -5,7 +5,9 @@ SmolLM2-135M with the drafts of configs/draft.py.
       --workdir=runs/spec_decode
 
 Variants: `plain` (our decoding against Hugging Face generate only), `ar`,
-`pard`, `all` (both drafts). Draft runs are read from `runs/draft_ar` and
+`pard`, `eda`, `all` (the three), `python` (SmolLM2 fine-tuned on Python,
+Python prompts: unadapted AR / EDA drafts against EDA adapted (private
+expert only) and fully retrained). Draft runs are read from `runs/draft_ar` and
 `runs/draft_pard` (override: `--config.drafts.0.source=DIR`). Prompts are
 the first 64 tokens of held-out chunks of draft_text's test split.
 
@@ -18,7 +20,7 @@ model as drafts (no trained runs needed; plumbing and exactness only):
 import ml_collections
 from ml_collections import config_dict
 
-VARIANTS = ("plain", "ar", "pard", "all")
+VARIANTS = ("plain", "ar", "pard", "eda", "all", "python")
 
 
 def _draft(name, kind, source, num_draft):
@@ -27,7 +29,7 @@ def _draft(name, kind, source, num_draft):
 
 
 def get_config(arg=None):
-  """arg = "<plain|ar|pard|all>[,smoke]"."""
+  """arg = "<plain|ar|pard|eda|all|python>[,smoke]"."""
   from configs import common  # pylint: disable=g-import-not-at-top
   arg = common.parse_arg(arg, variant="all", smoke=False)
   if arg.variant not in VARIANTS:
@@ -53,6 +55,15 @@ def get_config(arg=None):
   if arg.variant in ("pard", "all"):
     drafts += [_draft(f"pard_k{k}", "pard", "runs/draft_pard", k)
                for k in (2, 4, 6)]
+  if arg.variant in ("eda", "all"):
+    drafts += [_draft(f"eda_k{k}", "eda", "runs/draft_eda", k) for k in (3,)]
+  if arg.variant == "python":  # the fine-tuned target, held-out Python
+    c.target = "run:runs/target_python"
+    c.data.builder_config = "python_regen"
+    drafts = [_draft("ar_unadapted_k4", "ar", "runs/draft_ar", 4),
+              _draft("eda_unadapted_k3", "eda", "runs/draft_eda", 3),
+              _draft("eda_adapted_k3", "eda", "runs/draft_eda_python", 3),
+              _draft("eda_full_k3", "eda", "runs/draft_eda_python_full", 3)]
   c.drafts = drafts
   if arg.smoke:
     c.target = "tiny"
@@ -64,5 +75,6 @@ def get_config(arg=None):
     c.hf_baseline = False
     c.drafts = [_draft("self_ar_k3", "ar", "self", 3),
                 _draft("random_ar_k2", "ar", "random", 2),
-                _draft("self_pard_k3", "pard", "self", 3)]
+                _draft("self_pard_k3", "pard", "self", 3),
+                _draft("random_eda_k2", "eda", "random", 2)]
   return c

@@ -13,6 +13,7 @@ MODELS = {
     "dit": "efficient.diffusion.dit:DiT",
     "dimr": "efficient.diffusion.dimr:DiMR",
     "llama": "efficient.decoding.lm:Llama",
+    "eda_head": "efficient.decoding.drafts.eda:EDAHead",
 }
 
 

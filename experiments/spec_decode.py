@@ -53,55 +53,37 @@ def measure_bandwidth(megabytes=256, repeats=5):
   return 2 * a.nbytes / best
 
 
-def load_draft(workdir):
-  """(model, params, run config) of a draft trained by experiments.train."""
-  # pylint: disable=g-import-not-at-top
-  import jax
-  import jax.numpy as jnp
-  import ml_collections
-  from efficient import models
-  from efficient.train import checkpoint as checkpoint_lib
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise ConfigError(f"draft workdir {workdir}: no config.json (train it "
-                      "first: see configs/draft.py)")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  kwargs = dict(config.model.to_dict())
-  model = models.get_model(kwargs.pop("name"), **kwargs)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-      jax.eval_shape(model.init, jax.random.key(0),
-                     jnp.zeros((1, 2), jnp.int32))["params"])
-  try:
-    params = checkpoint_lib.load_weights(workdir, {"params": abstract})
-  except FileNotFoundError as e:
-    raise ConfigError(str(e)) from None
-  return model, params, config
-
-
 def make_drafter(spec, target):
   """A drafter from a config entry {kind, source, num_draft}."""
   # pylint: disable=g-import-not-at-top
   import jax
   import jax.numpy as jnp
-  from efficient.decoding import lm
-  from efficient.decoding.drafts import ar, pard
-  if spec.source == "self":
+  from efficient.decoding import lm, targets
+  from efficient.decoding.drafts import ar, eda, pard
+  if spec.source == "self" and spec.kind != "eda":
     model, params = target.model, target.params
+  elif spec.source == "random" and spec.kind == "eda":
+    d = target.model.dim
+    model = eda.EDAHead(dim=d, n_heads=2, n_kv_heads=1, hidden_dim=32,
+                        private_hidden_dim=16, init_std=0.3)
+    params = model.init(jax.random.key(1), jnp.zeros((1, 2, d)),
+                        jnp.zeros((1, 2, d)))
   elif spec.source == "random":
     model = lm.Llama.from_config(lm.LlamaConfig(
         vocab_size=target.model.vocab_size, dim=16, n_layers=1, n_heads=2,
         n_kv_heads=1, hidden_dim=32, init_std=0.3))
     params = model.init(jax.random.key(1), jnp.zeros((1, 2), jnp.int32))
   else:
-    model, params, _ = load_draft(spec.source)
+    model, params, _ = targets.load_run(spec.source)
   if spec.kind == "ar":
     return ar.ARDrafter(model), params
   if spec.kind == "pard":
     return pard.PARDDrafter(model, target.mask_id, spec.num_draft), params
-  raise ConfigError(f"draft kind {spec.kind!r} is not 'ar' or 'pard'")
+  if spec.kind == "eda":  # the head reads the evaluated target's features
+    return (eda.EDADrafter(model, target.model, spec.num_draft),
+            {"head": params, "target": target.params})
+  raise ConfigError(f"draft kind {spec.kind!r} is not 'ar', 'pard' or "
+                    "'eda'")
 
 
 def eval_prompts(config, target):

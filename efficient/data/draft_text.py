@@ -194,6 +194,11 @@ class DraftText(tfds.core.GeneratorBasedBuilder):
                       description="prose prompts, SmolLM2 continuations."),
       DraftTextConfig(name="python", corpus="python",
                       description="stdlib source, SmolLM2 tokens, raw."),
+      DraftTextConfig(name="python_regen", corpus="python", regen=True,
+                      num_train=1024, target="run:runs/target_python",
+                      description="Python prompts, continuations by SmolLM2 "
+                      "fine-tuned on Python (configs/draft.py:target_python;"
+                      " build from the repo root)."),
       DraftTextConfig(name="smoke", target="tiny", seq_len=32, prompt_len=8,
                       num_train=64, num_validation=16, num_test=16,
                       limit_tokens=8192, description="tests: bytes, raw."),

@@ -8,6 +8,12 @@
       becomes K segments (real tokens, then K−1 mask segments) with COD
       row dropping and the PARD attention mask; cross-entropy averaged over
       all supervised rows.
+  "eda": the EDA / EAGLE-1 head (drafts/eda.py) on the target's features,
+      computed on the fly by a frozen copy of the target held in the params
+      ({"head", "target"}; the target gets stop_gradient, weight decay must
+      be 0, so AdamW leaves it exactly as loaded). `draft.stage` 1 trains
+      the whole head; 2 (adaptation) re-initialises the private expert and
+      trains only it and fc (`eda.TRAINABLE_STAGE2`).
 
 `config.draft` options shared by both:
   init_embedding: "target_pca" starts the draft's (tied) embedding from the
@@ -18,7 +24,7 @@
 For "pard" also num_segments (K, trained), cod_ratio, cod_ratio_min,
 mask_id; `config.init_from` (an AR draft run) gives PARD its starting
 point, and the mask token's embedding row is then set to the mean embedding
-(`adapt_loaded`).
+(`after_init`).
 """
 import functools
 
@@ -97,6 +103,22 @@ class LanguageModelTask:
       params["embed"]["embedding"] = jnp.asarray(self.embedding)
     return params
 
+  def after_init(self, params, fresh):
+    """`draft.init_params = <target name>` starts from that target's weights
+    (fine-tuning a target, e.g. SmolLM2 on Python source for EDA)."""
+    del fresh
+    name = self.draft.get("init_params", "random")
+    if name == "random":
+      return params
+    from efficient.decoding import targets  # pylint: disable=g-import-not-at-top
+    loaded = targets.load(name).params["params"]
+    if jax.tree.structure(loaded) != jax.tree.structure(params) or any(
+        a.shape != b.shape for a, b in zip(jax.tree.leaves(loaded),
+                                           jax.tree.leaves(params))):
+      raise ValueError(f"config.draft.init_params={name!r}: its weights do "
+                       "not fit config.model")
+    return loaded
+
   def _token_losses(self, params, batch):
     logits = self.model.apply({"params": params}, batch["tokens"][:, :-1])[0]
     labels = batch["tokens"][:, 1:]
@@ -142,9 +164,10 @@ class PARDTask(LanguageModelTask):
             "labels": ((batch_size, n), jnp.int32),
             "weights": ((batch_size, n), jnp.float32)}
 
-  def adapt_loaded(self, params):
+  def after_init(self, params, fresh):
     """After init_from (an AR draft): the mask token's row := the mean
     embedding, so mask inputs start as an 'average token'."""
+    params = super().after_init(params, fresh)
     table = params["embed"]["embedding"]
     params["embed"]["embedding"] = table.at[self.mask_id].set(table.mean(0))
     return params
@@ -157,3 +180,74 @@ class PARDTask(LanguageModelTask):
         logits, batch["labels"])
     correct = (jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32)
     return xent, correct, batch["weights"]
+
+
+class EDATask(LanguageModelTask):
+  """EDA head training on the target's features (see module docstring)."""
+
+  def __init__(self, config, model):
+    from efficient.decoding import lm, targets  # pylint: disable=g-import-not-at-top
+    self.model = model
+    self.seq_len = config.data.seq_len
+    self.draft = config.draft
+    self.stage = self.draft.get("stage", 1)
+    self.transform = TokensAndWeights()
+    self.target_model = lm.Llama.from_config(
+        targets.config_of(self.draft["target"]))
+    if config.optimizer.weight_decay:
+      raise ValueError("config.optimizer.weight_decay must be 0 for 'eda' "
+                       "(frozen weights would decay)")
+
+  def init_params(self, rng):
+    d = self.model.dim
+    head = self.model.init(rng, jnp.zeros((1, 2, d)), jnp.zeros((1, 2, d)))
+    target = self.target_model.init(jax.random.fold_in(rng, 1),
+                                    jnp.zeros((1, 2), jnp.int32))
+    return {"head": head["params"], "target": target["params"]}
+
+  def after_init(self, params, fresh):
+    from efficient.decoding import targets  # pylint: disable=g-import-not-at-top
+    params = dict(params)
+    params["target"] = targets.load(self.draft["target"]).params["params"]
+    if self.stage == 2:  # EDA stage 2: a new private expert
+      params["head"] = dict(params["head"], private=fresh["head"]["private"])
+    return params
+
+  def trainable(self, params):
+    head = {"params": params["head"]}
+    if self.stage == 2:
+      head = eda_lib().freeze(head)
+    return head, {"params": jax.lax.stop_gradient(params["target"])}
+
+  def _losses(self, params, batch, rng):
+    head, target = self.trainable(params)
+    _, features, _ = self.target_model.apply(target, batch["tokens"])
+    return eda_lib().loss(self.model, head, self.target_model, target,
+                          batch["tokens"], jax.lax.stop_gradient(features),
+                          batch["weights"], rng)
+
+  def loss(self, params, batch, rng):
+    return self._losses(params, batch, rng)
+
+  def sums(self, params, batch):
+    """Token-weighted sums (padding examples weigh 0)."""
+    sub = dict(batch, weights=batch["weights"] * batch["weight"][:, None])
+    value, metrics = self._losses(params, sub, None)
+    tokens = sub["weights"][:, 2:].sum()
+    out = {name: v * tokens for name, v in dict(metrics, loss=value).items()}
+    out["count"] = tokens
+    return out
+
+  def final_results(self, params, **unused):
+    del unused
+    head = params["head"]
+    size = lambda tree: int(sum(x.size for x in jax.tree.leaves(tree)))  # noqa: E731
+    trainable = (size({k: head[k] for k in eda_lib().TRAINABLE_STAGE2})
+                 if self.stage == 2 else size(head))
+    return {"model/params": size(head), "model/trainable_params": trainable,
+            "model/trainable_fraction": trainable / size(head)}
+
+
+def eda_lib():
+  from efficient.decoding.drafts import eda  # pylint: disable=g-import-not-at-top
+  return eda

@@ -155,7 +155,7 @@ def train_and_evaluate(config, workdir):
 
 def make_task(config, model):
   """`config.task`: "classification" (default), "diffusion",
-  "language_model" or "pard" (draft models)."""
+  "language_model", "pard" or "eda" (draft models)."""
   name = config.get("task", "classification")
   if name == "classification":
     from efficient.train import classification  # pylint: disable=g-import-not-at-top
@@ -163,12 +163,16 @@ def make_task(config, model):
   if name == "diffusion":
     from efficient.diffusion import training  # pylint: disable=g-import-not-at-top
     return training.DiffusionTask(config, model)
-  if name in ("language_model", "pard"):
+  if name in ("language_model", "pard", "eda"):
     from efficient.decoding import training  # pylint: disable=g-import-not-at-top
-    return (training.LanguageModelTask if name == "language_model" else
-            training.PARDTask)(config, model)
+    task = {"language_model": training.LanguageModelTask,
+            "pard": training.PARDTask, "eda": training.EDATask}[name]
+    try:
+      return task(config, model)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
   raise ConfigError(f"config.task={name!r} is not one of 'classification', "
-                    "'diffusion', 'language_model', 'pard'")
+                    "'diffusion', 'language_model', 'pard', 'eda'")
 
 
 def _run(config, workdir, mesh, builder, wall_start):
@@ -227,14 +231,23 @@ def _run(config, workdir, mesh, builder, wall_start):
         loaded = checkpoint_lib.load_weights(config.init_from, wanted)
       except FileNotFoundError as e:
         raise ConfigError(str(e)) from None
-      if hasattr(task, "adapt_loaded"):  # e.g. PARD's mask-token row
-        loaded = {k: task.adapt_loaded(v) for k, v in loaded.items()}
+      fresh = state.params
       state = state.replace(**loaded)
       logging.info("Initialised weights from %s (config.init_from); "
                    "optimizer and data start fresh.", config.init_from)
     else:
+      fresh = state.params
       logging.info("No checkpoint in %s: starting from scratch.",
                    ckpt.directory)
+    if hasattr(task, "after_init"):
+      # Eager, outside jit: e.g. pretrained weights too large to be a
+      # compile-time constant, PARD's mask-token row, EDA's fresh private
+      # expert. `fresh` is the random init, `state.params` what init_from
+      # loaded (or the same).
+      params = jax.device_put(task.after_init(state.params, fresh),
+                              jax.tree.map(lambda x: x.sharding, fresh))
+      state = state.replace(params=params,
+                            ema_params=params if use_ema else None)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info("Model %s: %s parameters.", config.model.name,
                f"{num_params:,}")
