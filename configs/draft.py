@@ -1,13 +1,17 @@
 r"""Draft models for speculative decoding of SmolLM2-135M (issue: draft
 models; experiments/spec_decode/README.md).
 
-  ar    the autoregressive draft: a 4-layer Llama, width 192, SmolLM2's
-        tokenizer, its tied embedding started from the target's (PCA to 192
-        dims), trained on the target's own continuations of prose prompts
-        (`draft_text/prose_regen`: sequence-level distillation):
+  ar_pretrain  the autoregressive draft: a 4-layer Llama, width 192,
+        SmolLM2's tokenizer, its tied embedding started from the target's
+        (PCA to 192 dims), trained on raw prose (`draft_text/prose`, 0.5M
+        tokens);
+  ar    the same draft distilled on the target's own continuations of prose
+        prompts (`draft_text/prose_regen`: sequence-level distillation):
 
+  python -m experiments.train --config=configs/draft.py:ar_pretrain \
+      --workdir=runs/draft_ar_pretrain
   python -m experiments.train --config=configs/draft.py:ar \
-      --workdir=runs/draft_ar
+      --workdir=runs/draft_ar --config.init_from=runs/draft_ar_pretrain
 
   pard  PARD adaptation of that draft (K = 4 trained segments, COD 0.7 /
         0.2, mask token <empty_output>), starting from the AR run:
@@ -60,8 +64,8 @@ SMOKE_EDA_HEAD = dict(name="eda_head", dim=32, n_heads=2, n_kv_heads=1,
 SMOLLM2 = dict(vocab_size=49152, dim=576, n_layers=30, n_heads=9,
                n_kv_heads=3, hidden_dim=1536, rope_theta=1e5,
                tie_embeddings=True)
-VARIANTS = ("ar", "pard", "eda", "target_python", "eda_python",
-            "eda_python_full")
+VARIANTS = ("ar_pretrain", "ar", "pard", "eda", "target_python",
+            "eda_python", "eda_python_full")
 
 
 def get_config(arg=None):
@@ -72,8 +76,8 @@ def get_config(arg=None):
                      f"{VARIANTS}")
   v = arg.variant
   c = ml_collections.ConfigDict()
-  c.task = {"ar": "language_model", "target_python": "language_model",
-            "pard": "pard"}.get(v, "eda")
+  c.task = {"ar_pretrain": "language_model", "ar": "language_model",
+            "target_python": "language_model", "pard": "pard"}.get(v, "eda")
   c.seed = arg.seed
   base = "tiny" if arg.smoke else "smollm2"
   c.model = dict(name="llama", **(SMOKE_DRAFT if arg.smoke else DRAFT))
@@ -85,6 +89,8 @@ def get_config(arg=None):
   c.data = dict(name="draft_text", builder_config="prose_regen",
                 data_dir=config_dict.placeholder(str), prepare=True,
                 seq_len=128)
+  if v == "ar_pretrain":
+    c.data.builder_config = "prose"
   if v == "target_python":
     from efficient.decoding import targets  # pylint: disable=g-import-not-at-top
     c.model = dict(name="llama", **dataclasses.asdict(targets.config_of(
@@ -97,12 +103,12 @@ def get_config(arg=None):
       c.draft.update(target="run:runs/target_python",
                      stage=2 if v == "eda_python" else 1)
       c.data.builder_config = "python_regen"
-  if v == "ar":
-    c.total_steps = 1500
-    c.optimizer = dict(name="adamw", lr=1e-3, b1=0.9, b2=0.95, eps=1e-8,
-                       weight_decay=0.1, schedule="cosine", warmup_steps=100,
-                       end_lr_factor=0.1, grad_clip=1.0,
-                       no_decay=(r".*scale", r".*embed.*"))
+  if v in ("ar_pretrain", "ar"):  # distillation: fewer steps, lower lr
+    c.total_steps = 1500 if v == "ar_pretrain" else 500
+    c.optimizer = dict(name="adamw", lr=1e-3 if v == "ar_pretrain" else 3e-4,
+                       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
+                       schedule="cosine", warmup_steps=100, end_lr_factor=0.1,
+                       grad_clip=1.0, no_decay=(r".*scale", r".*embed.*"))
   elif v == "pard":  # constant LR as in PARD's configs, from the AR draft
     c.total_steps = 600
     c.optimizer = dict(name="adamw", lr=3e-4, b1=0.9, b2=0.95, eps=1e-8,
