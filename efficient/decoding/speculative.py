@@ -107,7 +107,9 @@ def speculative_decode(target, target_params, drafter, draft_params, prompt,
   """Speculative decoding of `target` with `drafter` proposing `num_draft`
   tokens per round.
 
-  prompt [B, P] right-padded, lengths [B] (each ≥ drafter.window). `verify`
+  prompt [B, P] right-padded, lengths [B] (each ≥ drafter.window + 1, or
+  the first rounds' drafts read a clamped window: still lossless, only
+  less often accepted). `verify`
   overrides the acceptance rule (default: verify_greedy when
   sampling.greedy, else verify_sampling; tests pass a deliberately wrong one
   as a negative control). Returns (seq [B, W], n [B] trimmed lengths, stats)

@@ -15,12 +15,16 @@
       the whole head; 2 (adaptation) re-initialises the private expert and
       trains only it and fc (`eda.TRAINABLE_STAGE2`).
 
-`config.draft` options shared by both:
-  init_embedding: "target_pca" starts the draft's (tied) embedding from the
-      target's, projected on its top `dim` principal directions and
-      rescaled to the init std -- a small draft cannot learn a 49k-token
-      embedding from a few hundred thousand tokens; "random" does not.
-  target: the target name (efficient.decoding.targets) for target_pca.
+`config.draft` options:
+  target: the target (efficient.decoding.targets name) the draft serves.
+  init_embedding ("language_model", "pard"): "target_pca" starts the
+      draft's (tied) embedding from the target's, projected on its top `dim`
+      principal directions and rescaled to the init std -- a small draft
+      cannot learn a 49k-token embedding from a few hundred thousand tokens;
+      "random" does not.
+  init_params ("language_model"): a target name whose weights the model
+      starts from (the target fine-tune of the EDA experiment), or "random".
+  stage ("eda"): 1 or 2, as above.
 For "pard" also num_segments (K, trained), cod_ratio, cod_ratio_min,
 mask_id; `config.init_from` (an AR draft run) gives PARD its starting
 point, and the mask token's embedding row is then set to the mean embedding
