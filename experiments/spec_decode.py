@@ -86,7 +86,7 @@ def make_drafter(spec, target):
                     "'eda'")
 
 
-def eval_prompts(config, target):
+def eval_prompts(config):
   """The first prompt_len tokens of held-out (test split) chunks."""
   # pylint: disable=g-import-not-at-top
   import numpy as np
@@ -96,10 +96,8 @@ def eval_prompts(config, target):
   if len(source) < config.num_prompts:
     raise ConfigError(f"config.num_prompts={config.num_prompts}: the test "
                       f"split has {len(source)} chunks")
-  prompts = [np.asarray(source[i]["tokens"][:config.prompt_len], np.int32)
-             for i in range(config.num_prompts)]
-  del target
-  return prompts
+  return [np.asarray(source[i]["tokens"][:config.prompt_len], np.int32)
+          for i in range(config.num_prompts)]
 
 
 def run_method(target, prompts, *, max_new, sampling, seed, drafter=None,
@@ -197,7 +195,7 @@ def evaluate(config, workdir):
     target = targets.load(config.target)
   except FileNotFoundError as e:
     raise ConfigError(str(e)) from None
-  prompts = eval_prompts(config, target)
+  prompts = eval_prompts(config)
   results = {"target": config.target, "num_prompts": len(prompts),
              "prompt_len": config.prompt_len, "max_new": config.max_new,
              "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
