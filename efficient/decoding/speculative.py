@@ -73,7 +73,8 @@ def verify_sampling(rng, log_p, log_q, drafts):
 
 def verify_greedy(rng, log_p, log_q, drafts):
   """Greedy verification: accept while d_i == argmax p_i (reference/draft.md
-  §1.2). rng and log_q are unused (same signature as verify_sampling)."""
+  §1.2). log_p may be raw logits (only its argmax is read); rng and log_q
+  are unused (same signature as verify_sampling)."""
   del rng, log_q
   target = jnp.argmax(log_p, -1).astype(jnp.int32)  # [B, K+1]
   k = drafts.shape[1]
@@ -143,8 +144,8 @@ def speculative_decode(target, target_params, drafter, draft_params, prompt,
         draft_params, draft_state, context, key_d, k, sampling)
     block = jnp.concatenate([lm.gather_last(seq, n, 1), drafts], axis=1)
     logits, hidden, cache = target.apply(target_params, block, cache)
-    log_p = (jax.nn.log_softmax(logits.astype(jnp.float32)) if
-             sampling.greedy else sampling.log_probs(logits))
+    # Greedy verification only needs the argmax: skip the softmax.
+    log_p = logits if sampling.greedy else sampling.log_probs(logits)
     n_acc, tokens = verify(key_v, log_p, log_q, drafts)
     count = jnp.where(done, 0, n_acc + 1)
     seq = lm.write_tokens(seq, n, tokens, count)
