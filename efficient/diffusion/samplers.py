@@ -43,7 +43,7 @@ def step_grid(schedule, num_steps):
     raise ValueError(f"num_steps={num_steps}: between 1 and "
                      f"{schedule.num_steps}")
   grid = np.round(np.linspace(schedule.num_steps, 0, num_steps + 1))
-  return jnp.asarray(grid.astype(np.int32))
+  return grid.astype(np.int32)  # numpy: segments slice it at trace time.
 
 
 def power_cosine_scale(w_max, power, num_steps=1000):
@@ -78,12 +78,32 @@ def _batch_step(step, x):
   return jnp.full(x.shape[:1], step, jnp.int32)
 
 
-def ddim_sample(eps_fn, schedule, noise, num_steps, labels=None, eta=0.0,
-                rng=None):
-  """DDIM from x_T = noise to x_0; eta > 0 needs `rng`."""
+def check_grid(schedule, grid):
+  """A descending step grid (numpy or jnp ints) in 0..T, as jnp int32.
+
+  Samplers run on any such grid: `step_grid`'s full T → 0, or a segment
+  of it (LightMotion samples T → T0, edits the latent, then goes on).
+  """
+  steps = np.asarray(grid)
+  if (steps.ndim != 1 or len(steps) < 2 or np.any(np.diff(steps) >= 0) or
+      steps[-1] < 0 or steps[0] > schedule.num_steps):
+    raise ValueError(f"grid {steps.tolist()}: at least 2 strictly "
+                     f"decreasing steps in 0..{schedule.num_steps}")
+  return jnp.asarray(steps, jnp.int32)
+
+
+def ddim_sample(eps_fn, schedule, noise, num_steps=None, labels=None, eta=0.0,
+                rng=None, grid=None):
+  """DDIM from x_T = noise to x_0; eta > 0 needs `rng`.
+
+  `grid` (descending steps) replaces the default `step_grid(num_steps)`:
+  the sampler then runs from `grid[0]` to `grid[-1]`.
+  """
   if eta > 0 and rng is None:
     raise ValueError("ddim_sample with eta > 0 needs rng=")
-  grid = step_grid(schedule, num_steps)
+  grid = check_grid(schedule, step_grid(schedule, num_steps)
+                    if grid is None else grid)
+  num_steps = grid.shape[0] - 1
   keys = (jax.random.split(rng, num_steps) if rng is not None else
           jnp.zeros((num_steps, 2), jnp.uint32))
 
@@ -105,16 +125,27 @@ def ddim_sample(eps_fn, schedule, noise, num_steps, labels=None, eta=0.0,
   return x
 
 
-def ddpm_sample(eps_fn, schedule, noise, rng, num_steps=None, labels=None):
+def ddpm_sample(eps_fn, schedule, noise, rng, num_steps=None, labels=None,
+                grid=None):
   """Ancestral DDPM (σ² = β̃), every step by default; = DDIM with η = 1."""
-  return ddim_sample(eps_fn, schedule, noise,
-                     num_steps or schedule.num_steps, labels, eta=1.0,
-                     rng=rng)
+  if grid is None:
+    grid = step_grid(schedule, num_steps or schedule.num_steps)
+  return ddim_sample(eps_fn, schedule, noise, labels=labels, eta=1.0,
+                     rng=rng, grid=grid)
 
 
-def dpm_solver_pp_2m(eps_fn, schedule, noise, num_steps, labels=None):
-  """DPM-Solver++(2M) from x_T = noise to x_0 (deterministic)."""
-  grid = step_grid(schedule, num_steps)
+def dpm_solver_pp_2m(eps_fn, schedule, noise, num_steps=None, labels=None,
+                     grid=None):
+  """DPM-Solver++(2M) from x_T = noise to x_0 (deterministic).
+
+  With `grid`, from `grid[0]` to `grid[-1]`; each call starts first-order
+  (the multistep history does not carry across calls).
+  """
+  if grid is None:
+    grid = step_grid(schedule, num_steps)
+  to_data = int(np.asarray(grid)[-1]) == 0
+  grid = check_grid(schedule, grid)
+  num_steps = grid.shape[0] - 1
   alpha, sigma = schedule.alpha_sigma(grid)
   # λ at the last point (σ = 0) is +∞; that step returns x̂₀ instead.
   lam = jnp.log(alpha) - jnp.log(jnp.maximum(sigma, 1e-20))
@@ -129,7 +160,8 @@ def dpm_solver_pp_2m(eps_fn, schedule, noise, num_steps, labels=None):
     second = (1 + 1 / (2 * r)) * x0 - x0_prev / (2 * r)
     d = jnp.where(i == 0, x0, second)
     x_next = sigma[i + 1] / sigma[i] * x - alpha[i + 1] * jnp.expm1(-h) * d
-    x_next = jnp.where(i == num_steps - 1, x0, x_next)
+    if to_data:
+      x_next = jnp.where(i == num_steps - 1, x0, x_next)
     return (x_next, x0, h), None
 
   (x, _, _), _ = jax.lax.scan(
