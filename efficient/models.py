@@ -12,6 +12,7 @@ MODELS = {
     "encoder_classifier": "efficient.attention.encoder:EncoderClassifier",
     "dit": "efficient.diffusion.dit:DiT",
     "dimr": "efficient.diffusion.dimr:DiMR",
+    "video_dit": "efficient.diffusion.video_dit:VideoDiT",
     "llama": "efficient.decoding.lm:Llama",
     "eda_head": "efficient.decoding.drafts.eda:EDAHead",
 }

@@ -31,48 +31,6 @@ _SEED = flags.DEFINE_integer("seed", None, "Noise seed.")
 flags.mark_flags_as_required(["workdir"])
 
 
-def load_run(workdir):
-  """(config, task, params, builder, mesh) of the diffusion run in workdir.
-
-  params are the latest checkpoint's EMA weights (raw weights if the run
-  had no EMA), placed with the run's shardings on its mesh.
-  """
-  # pylint: disable=g-import-not-at-top
-  import jax
-  import ml_collections
-  import flax.linen as nn
-  from efficient import models
-  from efficient.data import pipeline
-  from efficient.diffusion import training
-  from efficient.errors import ConfigError
-  from efficient.train import checkpoint as checkpoint_lib
-  from efficient.train import sharding
-
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
-    raise ConfigError(f"--workdir={workdir}: no config.json (not a run)")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  if config.get("task") != "diffusion":
-    raise ConfigError(f"--workdir={workdir} is not a diffusion run")
-  mesh = sharding.make_mesh(tuple(map(tuple, config.mesh)))
-  builder = pipeline.load_builder(config.data)
-  kwargs = dict(config.model.to_dict())
-  model = models.get_model(kwargs.pop("name"), **kwargs)
-  task = training.DiffusionTask(config, model)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    boxed = jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
-    abstract = jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        sharding.unbox(boxed), sharding.state_shardings(boxed, mesh))
-  key = "ema_params" if config.ema_decay > 0 else "params"
-  try:
-    params = checkpoint_lib.load_weights(workdir, {key: abstract})[key]
-  except FileNotFoundError as e:
-    raise ConfigError(str(e)) from None
-  return config, task, params, builder, mesh
-
-
 def sample_run(workdir, **overrides):
   """Evaluates samples of the run in `workdir`; returns the new results."""
   # pylint: disable=g-import-not-at-top
@@ -80,7 +38,7 @@ def sample_run(workdir, **overrides):
   from efficient.diffusion import training
 
   workdir = os.path.abspath(workdir)
-  config, task, params, builder, mesh = load_run(workdir)
+  config, task, params, builder, mesh = training.load_run(workdir)
   sample = dict(config.sample.to_dict())
   default_count = sample["num_samples"]
   sample.update({k: v for k, v in overrides.items() if v is not None})

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from experiments import sample as sample_lib
 
 matplotlib.use("Agg")
 
@@ -31,7 +30,7 @@ def curve(workdir, num_images, num_t, batch_size=250):
   # pylint: disable=g-import-not-at-top
   from efficient.diffusion import fid
   from efficient.diffusion import training
-  _, task, params, builder, _ = sample_lib.load_run(os.path.abspath(workdir))
+  _, task, params, builder, _ = training.load_run(os.path.abspath(workdir))
   images, labels = fid.load_images(builder.as_data_source(split="validation"),
                                    task.transform, limit=num_images)
   steps = np.round(np.linspace(1, task.schedule.num_steps, num_t)).astype(

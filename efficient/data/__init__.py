@@ -9,6 +9,7 @@ BUILDERS = {
     "listops": "efficient.data.listops:ListOps",
     "fashion_mnist": "efficient.data.fashion_mnist:FashionMnistDeb",
     "draft_text": "efficient.data.draft_text:DraftText",
+    "fmnist_video": "efficient.data.fmnist_video:FmnistVideo",
 }
 
 

@@ -93,6 +93,14 @@ class ImageToFloat(grain.transforms.Map):
     return {"image": padded, "label": np.int32(element["label"])}
 
 
+class VideoToFloat(grain.transforms.Map):
+  """uint8 video [F, h, w, c] → float32 in [−1, 1] (key "video"), + label."""
+
+  def map(self, element):
+    video = np.asarray(element["video"], np.float32) / 127.5 - 1.0
+    return {"video": video, "label": np.int32(element["label"])}
+
+
 def _local_batch_size(global_batch_size):
   if global_batch_size % jax.process_count():
     raise ConfigError(f"config.batch_size={global_batch_size} is not divisible "

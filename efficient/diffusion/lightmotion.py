@@ -129,13 +129,26 @@ class Plan:
 
   @property
   def num_cells(self):
-    return len(self.first_seen)
+    return self.first_seen.shape[0]
+
+  def pad(self, num_cells):
+    """The same plan with `first_seen` padded to `num_cells` entries, so
+    plans of different motions share one shape (one compilation)."""
+    extra = num_cells - self.num_cells
+    if extra < 0:
+      raise ValueError(f"plan has {self.num_cells} cells > {num_cells}")
+    return dataclasses.replace(self, first_seen=np.concatenate(
+        [self.first_seen, np.zeros(extra, np.int32)]))
 
   @property
   def exposed(self):
     """[F, H, W] bool: the newly exposed positions of each frame."""
     frames, height, width = self.source.shape
     return self.source >= height * width
+
+
+jax.tree_util.register_dataclass(
+    Plan, data_fields=["source", "first_seen", "edge"], meta_fields=[])
 
 
 def plan(path, height, width, align=True):
@@ -206,25 +219,27 @@ def foreground_mask(x0, dilate=1):
   return mask
 
 
-def _draw_from(allowed, rng, num_draws):
-  """`num_draws` uniform positions where `allowed` [n] is True (any if none)."""
-  allowed = jnp.where(allowed.any(), allowed, True)
-  rank = jnp.cumsum(allowed)
-  pick = jax.random.randint(rng, (num_draws,), 0, rank[-1])
-  return jnp.searchsorted(rank, pick + 1, side="left").astype(jnp.int32)
-
-
 def fill_sources(the_plan, rng, foreground=None):
   """[cells] int32: each canvas cell's source position in its first frame,
   drawn uniformly from that frame's background (`foreground` [F, H, W]
-  False), or from all positions when `foreground` is None."""
+  False; all positions if a frame has no background), or from all
+  positions when `foreground` is None. Cell c's draw depends on (rng, c)
+  only, so padding a plan changes nothing."""
   frames, height, width = the_plan.source.shape
   if foreground is None:
     foreground = jnp.zeros((frames, height, width), bool)
-  background = ~foreground.reshape(frames, height * width)
-  draws = jax.vmap(lambda bg, key: _draw_from(bg, key, the_plan.num_cells))(
-      background, jax.random.split(rng, frames))  # [F, cells]
-  return draws[the_plan.first_seen, jnp.arange(the_plan.num_cells)]
+  allowed = ~foreground.reshape(frames, height * width)
+  allowed = jnp.where(allowed.any(axis=1, keepdims=True), allowed, True)
+  rank = jnp.cumsum(allowed, axis=1)  # [F, H·W]
+
+  def draw(cell, frame):
+    pick = jax.random.randint(jax.random.fold_in(rng, cell), (), 0,
+                              rank[frame, -1])
+    return jnp.searchsorted(rank[frame], pick + 1, side="left")
+
+  cells = jnp.arange(the_plan.num_cells)
+  return jax.vmap(draw)(cells, jnp.asarray(the_plan.first_seen)).astype(
+      jnp.int32)
 
 
 def update(latent, the_plan, rng, *, fill="background", foreground=None,
@@ -249,7 +264,7 @@ def update(latent, the_plan, rng, *, fill="background", foreground=None,
   exposed = source >= height * width
   if fill == "edge":
     index = jnp.asarray(the_plan.edge).reshape(frames, -1)
-  elif fill == "noise" or the_plan.num_cells == 0:
+  elif fill == "noise" or the_plan.num_cells == 0:  # (static shape)
     index = jnp.where(exposed, 0, source)
   else:
     cells = fill_sources(the_plan, rng,
@@ -283,16 +298,18 @@ def snap(grid, step):
   return int(np.argmin(np.abs(np.asarray(grid) - step)))
 
 
-def sample(eps_fn, schedule, noise, labels, path, rng, *, sampler="ddim",
-           num_steps=50, t0=800, t1=600, t2=750, fill="background",
-           align=True, correction="forward"):
-  """A video `[B, F, H, W, C]` from `noise` with the camera `path` applied.
+def sample(eps_fn, schedule, noise, labels, motion_plan, rng, *,
+           sampler="ddim", num_steps=50, t0=800, t1=600, t2=750,
+           fill="background", correction="forward"):
+  """A video `[B, F, H, W, C]` from `noise`, moved by `motion_plan`.
 
-  T → T0 plain sampling; `update` (the foreground mask from x̂₀ at T0);
-  T0 → T1; correction (re-noise to T2, "forward" or "sdedit"; "none" skips
-  it and samples T0 → 0 straight); T2 → 0. T0, T1, T2 snap to the grid of
-  `num_steps` steps; each segment restarts the sampler. `path=None` is plain
-  (uncontrolled) sampling on the same grid.
+  `motion_plan` = `plan(camera_path(motion, F, H, W), H, W, align)` (a
+  pytree: it may be a jit argument), or None for plain (uncontrolled)
+  sampling on the same grid. T → T0 plain sampling; `update` (the
+  foreground mask from x̂₀ at T0); T0 → T1; correction (re-noise to T2,
+  "forward" or "sdedit"; "none" skips it and samples T0 → 0 straight);
+  T2 → 0. T0, T1, T2 snap to the grid of `num_steps` steps; each segment
+  restarts the sampler.
   """
   if correction not in CORRECTIONS:
     raise ValueError(f"correction={correction!r}: one of {CORRECTIONS}")
@@ -301,7 +318,7 @@ def sample(eps_fn, schedule, noise, labels, path, rng, *, sampler="ddim",
   if run is None:
     raise ValueError(f"sampler={sampler!r}: 'ddim' or 'dpm_solver_pp'")
   grid = samplers.step_grid(schedule, num_steps)
-  if path is None:
+  if motion_plan is None:
     return run(eps_fn, schedule, noise, labels=labels, grid=grid)
   i0, i1, i2 = snap(grid, t0), snap(grid, t1), snap(grid, t2)
   if not 0 < i0 < len(grid) - 1:
@@ -310,8 +327,7 @@ def sample(eps_fn, schedule, noise, labels, path, rng, *, sampler="ddim",
     raise ValueError(f"t0, t1, t2 = {t0}, {t1}, {t2} snap to steps "
                      f"{grid[i0]}, {grid[i1]}, {grid[i2]}: needs "
                      "T0 > T1 > 0 and T2 > T1")
-  batch, frames, height, width, _ = noise.shape
-  the_plan = plan(path, height, width, align)
+  batch = noise.shape[0]
   update_rng, correct_rng = jax.random.split(rng)
 
   x = run(eps_fn, schedule, noise, labels=labels, grid=grid[:i0 + 1])
@@ -322,7 +338,7 @@ def sample(eps_fn, schedule, noise, labels, path, rng, *, sampler="ddim",
   sigma = jnp.sqrt(1 - schedule.alphas_cumprod[int(grid[i0])])
   keys = jax.random.split(update_rng, batch)
   x = jax.vmap(lambda z, key, fg: update(
-      z, the_plan, key, fill=fill, foreground=fg, noise_scale=sigma),
+      z, motion_plan, key, fill=fill, foreground=fg, noise_scale=sigma),
       in_axes=(0, 0, 0 if foreground is not None else None))(
           x, keys, foreground)
   if correction == "none":

@@ -37,6 +37,7 @@ from efficient.diffusion import dit
 from efficient.diffusion import fid
 from efficient.diffusion import samplers
 from efficient.diffusion import schedules
+from efficient.diffusion import video_dit
 from efficient.errors import ConfigError
 from efficient.train import sharding
 
@@ -52,6 +53,8 @@ def last_branch(outputs):
 def forward_macs(model):
   if isinstance(model, dimr.DiMR):
     return dimr.forward_macs(model)
+  if isinstance(model, video_dit.VideoDiT):
+    return video_dit.forward_macs(model)
   return dit.forward_macs(model)
 
 
@@ -59,11 +62,13 @@ def denoising_losses(outputs, noise, weights):
   """Per-example loss [b]: mean squared ε error, or DiMR's multi-scale sum."""
   if isinstance(outputs, (list, tuple)):
     return dimr.multiscale_loss(outputs, noise, weights)
-  return jnp.mean((outputs - noise)**2, axis=(1, 2, 3))
+  return jnp.mean((outputs - noise)**2, axis=tuple(range(1, noise.ndim)))
 
 
 class DiffusionTask:
-  """Class-conditional ε-prediction on images (the trainer's task API)."""
+  """Class-conditional ε-prediction on images or, when `config.model` has
+  `num_frames`, on videos `[F, H, W, C]` (batch key "video"; the trainer's
+  task API)."""
 
   def __init__(self, config, model):
     self.model = model
@@ -75,7 +80,12 @@ class DiffusionTask:
     self.label_dropout = d.label_dropout
     self.loss_weights = tuple(d.get("loss_weights", (1.0,)))
     self.seed = config.seed
-    self.transform = pipeline.ImageToFloat(self.size)
+    frames = config.model.get("num_frames")
+    self.key = "video" if frames else "image"
+    self.shape = ((frames,) if frames else ()) + (self.size, self.size,
+                                                  self.channels)
+    self.transform = (pipeline.VideoToFloat() if frames else
+                      pipeline.ImageToFloat(self.size))
     if config.data.name == "fashion_mnist" and self.channels != 1:
       raise ConfigError(
           f"config.model.in_channels={self.channels}, but config.data "
@@ -83,12 +93,11 @@ class DiffusionTask:
           "no offline data (scripts/count_params.py reads them)")
 
   def batch_spec(self, batch_size):
-    return {"image": ((batch_size, self.size, self.size, self.channels),
-                      jnp.float32),
+    return {self.key: ((batch_size,) + self.shape, jnp.float32),
             "label": ((batch_size,), jnp.int32)}
 
   def init_params(self, rng):
-    x = jnp.zeros((1, self.size, self.size, self.channels))
+    x = jnp.zeros((1,) + self.shape)
     ones = jnp.ones((1,), jnp.int32)
     return self.model.init(rng, x, ones, ones)["params"]
 
@@ -99,7 +108,7 @@ class DiffusionTask:
 
   def loss(self, params, batch, rng):
     drop_rng, step_rng, noise_rng = jax.random.split(rng, 3)
-    x0 = batch["image"]
+    x0 = batch[self.key]
     labels = schedules.drop_labels(drop_rng, batch["label"], self.null_class,
                                    self.label_dropout)
     step = jax.random.randint(step_rng, x0.shape[:1], 1,
@@ -108,7 +117,7 @@ class DiffusionTask:
     return self._losses(params, x0, labels, step, noise).mean(), {}
 
   def sums(self, params, batch):
-    x0, weight = batch["image"], batch["weight"]
+    x0, weight = batch[self.key], batch["weight"]
     b = x0.shape[0]
     step = jnp.round(jnp.linspace(1, self.schedule.num_steps, b)).astype(
         jnp.int32)
@@ -124,10 +133,54 @@ class DiffusionTask:
     out["train/compute_tmacs"] = (3 * forward_macs(self.model) *
                                   config.batch_size * config.total_steps /
                                   1e12)
-    if config.sample.num_samples:
+    if config.sample.num_samples and self.key == "video":
+      videos, labels = generate(self, params, mesh=mesh,
+                                progress=config.get("progress", True),
+                                **config.sample)
+      if workdir is not None and jax.process_index() == 0:
+        save_video_strip(videos, labels, os.path.join(workdir,
+                                                      "samples.png"))
+    elif config.sample.num_samples:
       out.update(evaluate_samples(self, params, builder, mesh=mesh,
                                   workdir=workdir, **config.sample))
     return out
+
+
+def load_run(workdir):
+  """(config, task, params, builder, mesh) of the diffusion run in workdir.
+
+  params are the latest checkpoint's EMA weights (raw weights if the run
+  had no EMA), placed with the run's shardings on its mesh.
+  """
+  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn
+  import ml_collections
+  from efficient import models
+  from efficient.train import checkpoint as checkpoint_lib
+
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(config_path):
+    raise ConfigError(f"--workdir={workdir}: no config.json (not a run)")
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  if config.get("task") != "diffusion":
+    raise ConfigError(f"--workdir={workdir} is not a diffusion run")
+  mesh = sharding.make_mesh(tuple(map(tuple, config.mesh)))
+  builder = pipeline.load_builder(config.data)
+  kwargs = dict(config.model.to_dict())
+  model = models.get_model(kwargs.pop("name"), **kwargs)
+  task = DiffusionTask(config, model)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    boxed = jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
+    abstract = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        sharding.unbox(boxed), sharding.state_shardings(boxed, mesh))
+  key = "ema_params" if config.ema_decay > 0 else "params"
+  try:
+    params = checkpoint_lib.load_weights(workdir, {key: abstract})[key]
+  except FileNotFoundError as e:
+    raise ConfigError(str(e)) from None
+  return config, task, params, builder, mesh
 
 
 def make_sampler(task, *, sampler, num_steps, guidance, guidance_power=0.0):
@@ -177,7 +230,7 @@ def generate(task, params, *, num_samples, batch_size, seed=0, mesh=None,
   labels = np.arange(num_samples, dtype=np.int32) % task.null_class
   run = make_sampler(task, **sampler_kwargs)
   compiled = jax.jit(lambda *args: jnp.clip(run(*args), -1.0, 1.0))
-  shape = (batch_size, task.size, task.size, task.channels)
+  shape = (batch_size,) + task.shape
   meta = dict(sampler_kwargs, num_samples=num_samples, batch_size=batch_size,
               seed=seed, weights=_fingerprint(params))
   if cache_dir is not None:
@@ -226,6 +279,22 @@ def save_grid(images, labels, path, per_class=10):
     rows.append(np.concatenate(list(picked[..., 0]), axis=1))
   grid = np.concatenate(rows, axis=0)
   plt.imsave(path, (grid + 1) / 2, cmap="gray", vmin=0.0, vmax=1.0)
+
+
+def save_video_strip(videos, labels, path, rows=None):
+  """One video per row (frames left to right), labelled by class, as PNG."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  rows = rows or len(videos)
+  strip = np.concatenate([np.concatenate(list(v[..., 0]), axis=1)
+                          for v in videos[:rows]], axis=0)
+  height = videos.shape[2]
+  fig, ax = plt.subplots(figsize=(strip.shape[1] / 24, strip.shape[0] / 24))
+  ax.imshow((strip + 1) / 2, cmap="gray", vmin=0.0, vmax=1.0)
+  ax.set_yticks([height * (i + 0.5) for i in range(rows)])
+  ax.set_yticklabels([str(int(y)) for y in labels[:rows]], fontsize=6)
+  ax.set_xticks([])
+  fig.savefig(path, dpi=100, bbox_inches="tight")
+  plt.close(fig)
 
 
 def evaluate_samples(task, params, builder, *, num_samples, batch_size,

@@ -223,20 +223,25 @@ def test_sample_segments_and_identity_motion(sampler):
     np.testing.assert_allclose(
         plain, samplers.ddim_sample(_toy_eps, schedule, noise, 10, labels),
         rtol=1e-6)
-    still = lm.camera_path(lm.Motion(), 4, 8, 8)
+    still = lm.plan(lm.camera_path(lm.Motion(), 4, 8, 8), 8, 8)
     np.testing.assert_allclose(
         lm.sample(_toy_eps, schedule, noise, labels, still,
                   jax.random.PRNGKey(1), sampler=sampler, num_steps=10,
                   correction="none", fill="noise"), plain, rtol=1e-5)
   path = lm.camera_path(lm.Motion(x=0.25, z=0.2), 4, 8, 8)
+  moving = lm.plan(path, 8, 8)
+  run = jax.jit(lambda n, p, c: lm.sample(
+      _toy_eps, schedule, n, labels, p, jax.random.PRNGKey(1),
+      sampler=sampler, num_steps=10, correction=c), static_argnums=2)
   for correction in lm.CORRECTIONS:
-    out = jax.jit(lambda n, c=correction: lm.sample(
-        _toy_eps, schedule, n, labels, path, jax.random.PRNGKey(1),
-        sampler=sampler, num_steps=10, correction=c))(noise)
+    out = run(noise, moving, correction)
     assert out.shape == noise.shape and np.isfinite(out).all()
+  # A padded plan is the same plan: one compilation serves every motion.
+  np.testing.assert_allclose(run(noise, moving.pad(4 * 8 * 8), "forward"),
+                             run(noise, moving, "forward"), rtol=1e-6)
   with pytest.raises(ValueError, match="T2 > T1"):
-    lm.sample(_toy_eps, schedule, noise, labels, path, jax.random.PRNGKey(1),
-              num_steps=10, t1=600, t2=500)
+    lm.sample(_toy_eps, schedule, noise, labels, moving,
+              jax.random.PRNGKey(1), num_steps=10, t1=600, t2=500)
   with pytest.raises(ValueError, match="fill"):
     lm.update(noise[0], lm.plan(path, 8, 8), jax.random.PRNGKey(0),
               fill="inpaint")

@@ -1,0 +1,101 @@
+"""Video diffusion: the data builder, the task on videos, and the train →
+LightMotion CLI on small fake Fashion-MNIST files."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import video as video_configs
+from efficient import models
+from efficient.data import fmnist_video
+from efficient.diffusion import lightmotion
+from efficient.diffusion import training
+from tests import conftest
+
+
+def test_render_static_and_moving_videos():
+  rng = np.random.default_rng(0)
+  item = np.zeros((28, 28), np.uint8)
+  item[4:24, 8:20] = 255
+  video, mask, camera = fmnist_video.render(item, rng, moving_camera=False)
+  assert video.shape == (8, 32, 32, 1) and video.dtype == np.uint8
+  np.testing.assert_array_equal(camera, 0.0)
+  # The object is bright and masked; the background outside it is still.
+  assert video[..., 0][mask.astype(bool)].mean() > 200
+  still = ~mask.any(axis=0)
+  np.testing.assert_array_equal(video[0, ..., 0][still],
+                                video[-1, ..., 0][still])
+  video, mask, camera = fmnist_video.render(item, np.random.default_rng(3),
+                                            moving_camera=True)
+  assert np.abs(camera).sum() > 0
+  assert (video[0] != video[-1]).mean() > 0.3
+
+
+def test_video_task_loss_is_the_epsilon_error_over_all_frames():
+  config = video_configs.get_config("static,smoke")
+  kwargs = config.model.to_dict()
+  model = models.get_model(kwargs.pop("name"), **kwargs)
+  task = training.DiffusionTask(config, model)
+  assert task.key == "video" and task.shape == (8, 32, 32, 1)
+  params = task.init_params(jax.random.PRNGKey(0))
+  params = jax.tree.map(lambda p: p + 0.01, params)  # Non-zero outputs.
+  rng = np.random.default_rng(0)
+  batch = {"video": jnp.asarray(rng.uniform(-1, 1, (2, 8, 32, 32, 1)),
+                                jnp.float32),
+           "label": jnp.array([1, 2]), "weight": jnp.ones((2,))}
+  key = jax.random.PRNGKey(3)
+  loss, _ = task.loss(params, batch, key)
+  drop_rng, step_rng, noise_rng = jax.random.split(key, 3)
+  labels = jnp.where(jax.random.bernoulli(drop_rng, 0.1, (2,)), 10,
+                     batch["label"])
+  step = jax.random.randint(step_rng, (2,), 1, 1001)
+  noise = jax.random.normal(noise_rng, batch["video"].shape)
+  x_n = task.schedule.add_noise(batch["video"], noise, step)
+  want = jnp.mean((model.apply({"params": params}, x_n, step, labels) -
+                   noise)**2)
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+
+
+def test_train_then_lightmotion_cli_runs_every_motion(tmp_path):
+  idx = tmp_path / "idx"
+  idx.mkdir()
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 5100), ("t10k", 40)):
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+    for i, c in enumerate(labels):
+      images[i, 2 + 2 * c:4 + 2 * c, 4:24] = 250
+    conftest.write_fashion_idx(idx, split, images, labels)
+  env = dict(FASHION_MNIST_DIR=idx, TFDS_DATA_DIR=tmp_path / "tfds",
+             JAX_DISABLE_MOST_OPTIMIZATIONS=1)
+  workdir = tmp_path / "run"
+  result = conftest.run_module(
+      "experiments.train", "--config=configs/video.py:static,smoke",
+      f"--workdir={workdir}", devices=1, timeout=600, **env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (workdir / "samples.png").exists()
+  result = conftest.run_module(
+      "experiments.lightmotion", f"--workdir={workdir}",
+      "--ablations=no_resampling", devices=1, timeout=600, **env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = json.loads((workdir / "lightmotion" / "results.json").read_text())
+  motions = list(video_configs.MOTIONS)
+  assert sorted(out["conditions"]) == sorted(
+      ["uncontrolled", *motions, "pan_right/no_resampling",
+       "zoom_out/no_resampling", "roll_ccw/no_resampling"])
+  for name, record in out["conditions"].items():
+    for key in ("shift_error_px", "scale_error_pct", "rotation_error_deg",
+                "fid", "kid", "class_accuracy"):
+      assert np.isfinite(record[key]), (name, key)
+    assert (workdir / "lightmotion" /
+            (name.replace("/", "__") + ".gif")).exists()
+  # The requested step is the configured motion's, in screen units.
+  path = lightmotion.camera_path(lightmotion.Motion(*video_configs.MOTIONS[
+      "pan_right"]), 8, 32, 32)
+  np.testing.assert_allclose(out["conditions"]["pan_right"]["requested_step"]
+                             [0], path[1, 0, 2], rtol=1e-6)
+  assert out["estimator/num_videos"] == 8
+  assert out["estimator/shift_px"] < 0.5
+  assert (workdir / "lightmotion" / "motion_errors.png").exists()
+  assert "| pan_zoom_roll |" in result.stdout
