@@ -87,11 +87,12 @@ def get_config(arg=None):
                   guidance_power=0.0, num_samples=10, batch_size=10, seed=0)
   c.lightmotion = dict(
       motions={k: list(v) for k, v in MOTIONS.items()},
-      t0=800, t1=600, t2=750, fill="background", align=True,
+      t0=600, t1=400, t2=500, fill="background", align=True,
       correction="forward", sampler="ddim", num_steps=50, guidance=1.5,
-      num_videos=100, batch_size=20, seed=0, reference_split="test",
+      num_videos=64, batch_size=32, seed=0, reference_split="test",
       reference_videos=500, classifier_steps=1500,
-      ablations=("no_resampling", "no_correction", "no_mask"),
+      ablations=("no_resampling", "no_mask", "no_correction",
+                 "sdedit_correction", "early_update", "late_update"),
       # Motions that expose new regions (zooming in exposes none).
       ablation_motions=("pan_right", "zoom_out", "roll_ccw"))
   if arg.smoke:

@@ -53,6 +53,8 @@ ABLATIONS = {
     "no_alignment": {"align": False},  # Fills re-drawn in every frame.
     "no_correction": {"correction": "none"},
     "sdedit_correction": {"correction": "sdedit"},
+    "early_update": {"t0": 800, "t1": 600, "t2": 700},
+    "late_update": {"t0": 400, "t1": 200, "t2": 300},
 }
 ESTIMATOR_VIDEOS = 200
 
