@@ -71,3 +71,18 @@ def write_fashion_idx(directory, split, images, labels):
   header = np.array([2049, len(labels)], ">i4").tobytes()
   with gzip.open(directory / f"{split}-labels-idx1-ubyte.gz", "wb") as f:
     f.write(header + labels.tobytes())
+
+
+def write_fake_fashion(directory, num_test=80):
+  """Fake Fashion-MNIST idx files in `directory` (5,100 train images, so the
+  builder's 5,000-image validation cut and its `smoke` config work): noise
+  with one bright bar per class, at a class-dependent row."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 5100), ("t10k", num_test)):
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+    for i, c in enumerate(labels):
+      images[i, 2 + 2 * c:4 + 2 * c, 4:24] = 250
+    write_fashion_idx(directory, split, images, labels)
+  return directory

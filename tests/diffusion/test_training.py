@@ -199,14 +199,7 @@ def test_kid_is_the_unbiased_cubic_mmd_and_centres_on_zero():
 @pytest.fixture(scope="module")
 def fashion_dirs(tmp_path_factory):
   """Fake idx files (one bright bar per class) and an empty TFDS dir."""
-  idx = tmp_path_factory.mktemp("fashion_idx")
-  rng = np.random.default_rng(0)
-  for split, n in (("train", 5100), ("t10k", 80)):
-    labels = rng.integers(0, 10, n).astype(np.uint8)
-    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
-    for i, c in enumerate(labels):
-      images[i, 2 + 2 * c:4 + 2 * c, 4:24] = 250
-    conftest.write_fashion_idx(idx, split, images, labels)
+  idx = conftest.write_fake_fashion(tmp_path_factory.mktemp("fashion_idx"))
   return str(idx), str(tmp_path_factory.mktemp("tfds"))
 
 

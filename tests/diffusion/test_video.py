@@ -60,13 +60,7 @@ def test_video_task_loss_is_the_epsilon_error_over_all_frames():
 def test_train_then_lightmotion_cli_runs_every_motion(tmp_path):
   idx = tmp_path / "idx"
   idx.mkdir()
-  rng = np.random.default_rng(0)
-  for split, n in (("train", 5100), ("t10k", 40)):
-    labels = rng.integers(0, 10, n).astype(np.uint8)
-    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
-    for i, c in enumerate(labels):
-      images[i, 2 + 2 * c:4 + 2 * c, 4:24] = 250
-    conftest.write_fashion_idx(idx, split, images, labels)
+  conftest.write_fake_fashion(idx, num_test=40)
   env = dict(FASHION_MNIST_DIR=idx, TFDS_DATA_DIR=tmp_path / "tfds",
              JAX_DISABLE_MOST_OPTIMIZATIONS=1)
   workdir = tmp_path / "run"
