@@ -10,10 +10,14 @@ lists of query blocks) by a stable argsort, so rows may select any number of
 blocks, from none to all. `jax.custom_vjp` pairs the forward kernel with the
 dQ and dK/dV kernels (kernel.py); the row max gets no gradient.
 
-Backends: `interpret=True` runs anywhere (the CPU tests). The kernels use
-only `pl.ds` slicing, `fori_loop` and dots, the subset jax's own GPU
-attention kernel uses; GPU and TPU compilation have not been run yet (no
-device lent so far), so `efficient.attention.mra` defaults to `impl="xla"`.
+Backends: `interpret=True` runs anywhere (the CPU tests). On GPU the
+kernels go through Pallas's Triton backend (`compiler_params`); their
+lowering to Triton for CUDA, forward and backward, is checked on the CPU by
+tests/pallas_kernels/test_mra_attention.py (lowering only: no GPU has
+compiled or run them yet). They do not lower for TPU (Mosaic needs block
+shapes whose last two dims are multiples of (8, 128) and the row lists in
+scalar prefetch; not written yet). `efficient.attention.mra` defaults to
+`impl="xla"`.
 """
 import dataclasses
 import functools
@@ -22,6 +26,7 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pl_triton
 
 from pallas_kernels.mra_attention import kernel
 from pallas_kernels.mra_attention import reference
@@ -48,7 +53,17 @@ def block_lists(selected):
   return index, count
 
 
-def _call(body, index, count, blocked, whole, outputs, *, block, interpret):
+def compiler_params(platform):
+  """Triton on GPU (the kernels use Triton's model: `pl.ds` loads of whole
+  rows, no warpgroup-sized copies, so Mosaic GPU, Pallas's GPU default,
+  refuses them); the default elsewhere."""
+  if platform in ("gpu", "cuda", "rocm"):
+    return pl_triton.CompilerParams(num_warps=4, num_stages=2)
+  return None
+
+
+def _call(body, index, count, blocked, whole, outputs, *, block, interpret,
+          platform=None):
   """pallas_call over (group, block row), the layout all three kernels share.
 
   The kernel gets the row's list and count, its own `block` rows of each
@@ -69,13 +84,16 @@ def _call(body, index, count, blocked, whole, outputs, *, block, interpret):
               pl.BlockSpec((None, 1), lambda g, i: (g, i))]
   in_specs += [spec(x, True) for x in blocked]
   in_specs += [spec(x, False) for x in whole]
+  params = None if interpret else compiler_params(
+      platform or jax.default_backend())
   return pl.pallas_call(
       body, grid=(groups, nb), in_specs=in_specs,
       out_specs=[spec(o, True) for o in outputs], out_shape=outputs,
-      interpret=interpret)(index, count, *blocked, *whole)
+      interpret=interpret, compiler_params=params)(index, count, *blocked,
+                                                   *whole)
 
 
-def _forward(q, k, v, key_mask, selected, block_sizes, interpret):
+def _forward(q, k, v, key_mask, selected, block_sizes, interpret, platform):
   groups, n, d = q.shape
   block = block_sizes.block
   if n % block:
@@ -90,23 +108,24 @@ def _forward(q, k, v, key_mask, selected, block_sizes, interpret):
                            scale=1 / math.sqrt(d))
   return _call(body, index, count, [q], [k, v, key_mask],
                [f32(v.shape[-1]), f32(), f32()], block=block,
-               interpret=interpret)
+               interpret=interpret, platform=platform)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _mra_block_sparse(q, k, v, key_mask, selected, block_sizes, interpret):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _mra_block_sparse(q, k, v, key_mask, selected, block_sizes, interpret,
+                      platform):
   out, norm, row_max = _forward(q, k, v, key_mask, selected, block_sizes,
-                                interpret)
+                                interpret, platform)
   return out, norm, row_max
 
 
-def _fwd(q, k, v, key_mask, selected, block_sizes, interpret):
+def _fwd(q, k, v, key_mask, selected, block_sizes, interpret, platform):
   out, norm, row_max = _forward(q, k, v, key_mask, selected, block_sizes,
-                                interpret)
+                                interpret, platform)
   return (out, norm, row_max), (q, k, v, key_mask, selected, row_max)
 
 
-def _bwd(block_sizes, interpret, residuals, cotangents):
+def _bwd(block_sizes, interpret, platform, residuals, cotangents):
   q, k, v, key_mask, selected, row_max = residuals
   dout, dnorm, _ = cotangents  # The row max is a constant (reference.py).
   d = q.shape[-1]
@@ -118,7 +137,7 @@ def _bwd(block_sizes, interpret, residuals, cotangents):
       functools.partial(kernel.dq_kernel, block=block, scale=scale),
       index, count, [q, dout, dnorm, row_max], [k, v, key_mask],
       [jax.ShapeDtypeStruct(q.shape, jnp.float32)], block=block,
-      interpret=interpret)
+      interpret=interpret, platform=platform)
   # dK/dV: one program per key block J, over the query blocks that chose J.
   t_index, t_count = block_lists(jnp.swapaxes(selected, 1, 2))
   dk, dv = _call(
@@ -126,7 +145,7 @@ def _bwd(block_sizes, interpret, residuals, cotangents):
       t_index, t_count, [k, v, key_mask], [q, dout, dnorm, row_max],
       [jax.ShapeDtypeStruct(k.shape, jnp.float32),
        jax.ShapeDtypeStruct(v.shape, jnp.float32)], block=block,
-      interpret=interpret)
+      interpret=interpret, platform=platform)
   return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None,
           None)
 
@@ -135,7 +154,7 @@ _mra_block_sparse.defvjp(_fwd, _bwd)
 
 
 def mra_block_sparse(q, k, v, key_mask, selected, *, block_sizes=None,
-                     interpret=False):
+                     interpret=False, platform=None):
   """MRA-2's high-resolution part on the selected blocks (Pallas).
 
   Args:
@@ -145,6 +164,10 @@ def mra_block_sparse(q, k, v, key_mask, selected, *, block_sizes=None,
     selected: `[groups, n/block, n/block]` bool block selection.
     block_sizes: `BlockSizes` (default: block 32).
     interpret: run the kernels in the Pallas interpreter (any backend).
+    platform: the backend to compile for ("gpu", "tpu", ...; default
+      `jax.default_backend()`): picks the compiler parameters, so a CPU-only
+      machine can lower the kernels for another platform
+      (`jax.jit(...).trace(...).lower(lowering_platforms=("cuda",))`).
 
   Returns:
     (out `[groups, n, dv]`, norm `[groups, n]`, row_max `[groups, n]`), all
@@ -152,4 +175,4 @@ def mra_block_sparse(q, k, v, key_mask, selected, *, block_sizes=None,
   """
   block_sizes = block_sizes or BlockSizes()
   return _mra_block_sparse(q, k, v, key_mask.astype(jnp.float32),
-                           selected, block_sizes, interpret)
+                           selected, block_sizes, interpret, platform)

@@ -124,3 +124,23 @@ def test_block_lists_and_refusals():
                              interpret=True)
   with pytest.raises(ValueError, match="power of two"):
     kernels.BlockSizes(block=24)
+
+
+def test_kernels_lower_to_triton_for_cuda_on_a_cpu_machine():
+  """Forward and backward lower for CUDA (Pallas → Triton) without a GPU.
+
+  Lowering is not compiling: Triton's own compiler runs only on a device.
+  """
+  import pallas_kernels.mra_attention as mra_kernel  # pylint: disable=g-import-not-at-top
+  q = jnp.ones((2, 128, 64), jnp.bfloat16)
+  mask = jnp.ones((2, 128), jnp.float32)
+  selected = jnp.eye(4, dtype=bool)[None].repeat(2, 0)
+
+  def loss(q, k, v):
+    out, norm, _ = mra_kernel.mra_block_sparse(q, k, v, mask, selected,
+                                               platform="gpu")
+    return out.sum() + norm.sum()
+
+  lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(
+      q, q, q).lower(lowering_platforms=("cuda",)).as_text()
+  assert lowered.count("xla.gpu.triton") == 3  # forward, dQ, dK/dV.
