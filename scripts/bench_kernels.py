@@ -7,6 +7,10 @@ after a warm-up) and XLA's compiled peak temporaries of
                (cuDNN flash attention on GPU for bf16/fp16, XLA otherwise)
   mra_xla      MRA-2 sparse (block 32, --block_per_row), the gather path
   mra_pallas   the same through pallas_kernels/mra_attention
+  yoso_xla     sampled YOSO (τ = 10, 32 hashes, the fast hash),
+               bucket cumulation by XLA scatter/gather, the LSH backward
+  yoso_pallas  the same through pallas_kernels/yoso_lsh (hash, cumulation
+               and the table backward as Triton kernels on GPU)
 
 with achieved TFLOP/s and GB/s (model FLOPs and the q, k, v, output bytes)
 beside the device's peaks measured in the same run (a large matmul, a large
@@ -26,8 +30,9 @@ import jax.numpy as jnp
 from bench_attention import machine, median_ms  # scripts/ is on sys.path
 from efficient.attention import mra
 from efficient.attention import softmax
+from efficient.attention import yoso
 
-METHODS = ("softmax", "mra_xla", "mra_pallas")
+METHODS = ("softmax", "mra_xla", "mra_pallas", "yoso_xla", "yoso_pallas")
 
 
 def _median_ms(fn, args, repeats):
@@ -46,18 +51,28 @@ def device_peaks(dtype, repeats):
   return {"peak_tflops": tflops, "peak_gbps": gbps}
 
 
-def attention_fn(method, block_per_row):
+def attention_fn(method, block_per_row, hash_bits=10, num_hashes=32):
   if method == "softmax":
     return softmax.softmax_attention
   impl = method.split("_")[1]
+  if method.startswith("yoso"):
+    return lambda q, k, v: yoso.yoso_attention(
+        q, k, v, hash_bits=hash_bits, num_hashes=num_hashes,
+        rng=jax.random.PRNGKey(0), impl=impl)
   return lambda q, k, v: mra.mra_attention(
       q, k, v, block_per_row=block_per_row, approx_mode="sparse", impl=impl)
 
 
-def model_flops(method, n, heads, head_dim, block_per_row):
-  """Forward FLOPs of the attention itself (QKᵀ and PV)."""
+def model_flops(method, n, heads, head_dim, block_per_row, hash_bits=10,
+                num_hashes=32):
+  """Forward FLOPs of the attention itself (QKᵀ and PV; YOSO: the hash
+  projections of q and k and the table adds and reads)."""
   if method == "softmax":
     return 4 * n * n * head_dim * heads
+  if method.startswith("yoso"):
+    dim = yoso.hash_dim(head_dim)
+    return heads * (2 * 2 * n * dim * num_hashes * hash_bits +
+                    2 * num_hashes * n * head_dim)
   blocks = min(n // 32 * block_per_row, (n // 32)**2)
   return 4 * blocks * 32 * 32 * head_dim * heads
 
@@ -67,7 +82,7 @@ def measure(method, n, *, heads, head_dim, dtype, block_per_row, repeats,
   record = {"method": method, "length": n, "heads": heads,
             "head_dim": head_dim, "dtype": jnp.dtype(dtype).name,
             "block_per_row": block_per_row}
-  if method == "mra_pallas" and jax.default_backend() == "cpu":
+  if method.endswith("_pallas") and jax.default_backend() == "cpu":
     record["note"] = "not run: Pallas kernels run interpreted on CPU"
     return record
   keys = jax.random.split(jax.random.PRNGKey(n), 3)

@@ -82,9 +82,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pallas_kernels import yoso_lsh
+
 # "lsh": the original's LSH backward, pairs or tables picked at run time;
 # "lsh_pairs" / "lsh_tables" force one algorithm (same sums; `lsh_backward`).
 BACKWARDS = ("lsh", "lsh_pairs", "lsh_tables", "expectation")
+IMPLS = ("xla", "pallas")
 
 
 def _normalize(x, eps=1e-12):
@@ -136,6 +139,47 @@ def hash_dim(head_dim):
   return max(32, 1 << (head_dim - 1).bit_length())
 
 
+def hash_rotation(rng, lead, head_dim, *, num_hashes, hash_bits,
+                  hashing="hadamard"):
+  """R `[*lead, hash_dim(d), ≥ m·τ]`: code h of x is the τ signs of
+  x·R[:, hτ:(h+1)τ], packed little-endian (`pack_codes`).
+
+  "hadamard" (the original fast hash): per part, R's columns are those of
+  D1 H D2 H D3 H (x as a row vector), the first per_part·τ of them kept,
+  parts side by side; "gaussian": a Gaussian [d, m·τ] projection.
+  """
+  dim = hash_dim(head_dim)
+  if hashing == "hadamard":
+    if hash_bits > dim:
+      raise ValueError(f"hash_bits={hash_bits} exceeds the hash dimension "
+                       f"{dim}")
+    per_part = dim // hash_bits
+    parts = -(-num_hashes // per_part)
+    signs = jax.random.rademacher(rng, (*lead, 3, parts, dim), jnp.float32)
+    h = hadamard_matrix(dim)
+    # Row vectors: x D1 H D2 H D3 H = x R, one [d, d] matrix per part, of
+    # which only the per_part·τ columns that become bits are kept.
+    rotation = signs[..., 0, :, :, None] * h
+    for r in (1, 2):
+      rotation = (rotation * signs[..., r, :, None, :]) @ h
+    rotation = rotation[..., :per_part * hash_bits]  # [..., parts, d, pτ]
+    rotation = jnp.swapaxes(rotation, -3, -2)
+    return rotation.reshape(*lead, dim, parts * per_part * hash_bits)
+  if hashing == "gaussian":
+    return jax.random.normal(rng, (*lead, dim, num_hashes * hash_bits))
+  raise ValueError(f"hashing={hashing!r}: 'hadamard' or 'gaussian'")
+
+
+def pack_codes(x, rotation, *, num_hashes, hash_bits):
+  """[..., m, n] int32 codes of x `[..., n, d]` under `hash_rotation`'s R."""
+  dim = rotation.shape[-2]
+  x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, dim - x.shape[-1])])
+  bits = x @ rotation[..., :num_hashes * hash_bits] > 0
+  bits = bits.reshape(*bits.shape[:-1], num_hashes, hash_bits)
+  code = (bits * (1 << jnp.arange(hash_bits))).sum(-1)
+  return jnp.swapaxes(code, -1, -2).astype(jnp.int32)
+
+
 def hash_codes(rng, q, k, *, num_hashes, hash_bits, hashing="hadamard"):
   """τ-bit codes of q and k under m random hashes shared by both.
 
@@ -150,42 +194,12 @@ def hash_codes(rng, q, k, *, num_hashes, hash_bits, hashing="hadamard"):
   Returns:
     (q_codes, k_codes), int32 `[..., m, n]`.
   """
-  lead, dim = q.shape[:-2], hash_dim(q.shape[-1])
-  pad = [(0, 0)] * (q.ndim - 1) + [(0, dim - q.shape[-1])]
-  q, k = jnp.pad(q, pad), jnp.pad(k, pad)
-  if hashing == "hadamard":
-    if hash_bits > dim:
-      raise ValueError(f"hash_bits={hash_bits} exceeds the hash dimension "
-                       f"{dim}")
-    per_part = dim // hash_bits
-    parts = -(-num_hashes // per_part)
-    signs = jax.random.rademacher(rng, (*lead, 3, parts, dim), jnp.float32)
-    h = hadamard_matrix(dim)
-
-    # Row vectors: x D1 H D2 H D3 H = x R, one [d, d] matrix per part, of
-    # which only the per_part·τ columns that become bits are kept.
-    rotation = signs[..., 0, :, :, None] * h
-    for r in (1, 2):
-      rotation = (rotation * signs[..., r, :, None, :]) @ h
-    rotation = rotation[..., :per_part * hash_bits]  # [..., parts, d, pτ]
-
-    def codes(x):
-      bits = x[..., None, :, :] @ rotation > 0  # [..., parts, n, pτ]
-      bits = bits.reshape(*bits.shape[:-1], per_part, hash_bits)
-      code = (bits * (1 << jnp.arange(hash_bits))).sum(-1)  # [.., P, n, pp]
-      code = jnp.moveaxis(code, -1, -2)  # [..., parts, per_part, n]
-      code = code.reshape(*code.shape[:-3], parts * per_part, code.shape[-1])
-      return code[..., :num_hashes, :].astype(jnp.int32)
-  elif hashing == "gaussian":
-    proj = jax.random.normal(rng, (*lead, dim, num_hashes * hash_bits))
-
-    def codes(x):
-      bits = (x @ proj > 0).reshape(*x.shape[:-1], num_hashes, hash_bits)
-      code = (bits * (1 << jnp.arange(hash_bits))).sum(-1)
-      return jnp.swapaxes(code, -1, -2).astype(jnp.int32)
-  else:
-    raise ValueError(f"hashing={hashing!r}: 'hadamard' or 'gaussian'")
-  return codes(q), codes(k)
+  rotation = hash_rotation(rng, q.shape[:-2], q.shape[-1],
+                           num_hashes=num_hashes, hash_bits=hash_bits,
+                           hashing=hashing)
+  pack = functools.partial(pack_codes, rotation=rotation,
+                           num_hashes=num_hashes, hash_bits=hash_bits)
+  return pack(q), pack(k)
 
 
 # ----------------------------------------------------------------- Kernels
@@ -429,7 +443,7 @@ sampled_cumulation.defvjp(_sampled_fwd, _sampled_bwd)
 
 def yoso_attention(q, k, v, *, mask=None, hash_bits=11, num_hashes=32,
                    sampled=True, rng=None, hashing="hadamard",
-                   backward="lsh", causal=False):
+                   backward="lsh", causal=False, impl="xla"):
   """YOSO attention, sampled (default) or its expectation YOSO-E.
 
   Args:
@@ -448,6 +462,10 @@ def yoso_attention(q, k, v, *, mask=None, hash_bits=11, num_hashes=32,
       "lsh_tables" is the original's algorithm and linear in n) or
       "expectation" (the original's O(n²) `n2_backward`); sampled form only.
     causal: must be False (see the module docstring).
+    impl: "xla" (the default) or "pallas": the sampled form's hashing and
+      bucket cumulation, forward and the LSH backward (always by tables,
+      the original's algorithm), through pallas_kernels/yoso_lsh (GPU via
+      Triton; interpreted on CPU).
 
   Returns:
     `[batch, length, heads, head_dim]` in the dtype of `v`: L2-normalised
@@ -461,6 +479,13 @@ def yoso_attention(q, k, v, *, mask=None, hash_bits=11, num_hashes=32,
                      f"differ ({q.shape[1]} vs {k.shape[1]})")
   if backward not in BACKWARDS:
     raise ValueError(f"backward={backward!r}: one of {BACKWARDS}")
+  if impl not in IMPLS:
+    raise ValueError(f"impl={impl!r}: one of {IMPLS}")
+  if impl == "pallas" and (not sampled or backward not in ("lsh",
+                                                           "lsh_tables")):
+    raise ValueError("impl='pallas' is the sampled form with the original's "
+                     "LSH backward by tables (sampled=True, backward='lsh' "
+                     "or 'lsh_tables')")
   if sampled and rng is None:
     raise ValueError("sampled yoso_attention needs rng= (a PRNG key for the "
                      "hash functions); sampled=False is deterministic")
@@ -474,7 +499,19 @@ def yoso_attention(q, k, v, *, mask=None, hash_bits=11, num_hashes=32,
 
   qn, kn, values = _normalize(groups(q)), _normalize(groups(k)), groups(v)
   mu = jnp.repeat(mask.astype(jnp.float32), heads, axis=0)
-  if sampled:
+  if sampled and impl == "pallas":
+    interpret = jax.default_backend() == "cpu"
+    rotation = hash_rotation(rng, (batch * heads,), head_dim,
+                             num_hashes=num_hashes, hash_bits=hash_bits,
+                             hashing=hashing)
+    q_codes, k_codes = (
+        yoso_lsh.hash_codes(jax.lax.stop_gradient(x), rotation,
+                            hash_bits=hash_bits, num_hashes=num_hashes,
+                            interpret=interpret) for x in (qn, kn))
+    out = yoso_lsh.yoso_lsh_cumulation(qn, kn, values, q_codes, k_codes, mu,
+                                       mu, hash_bits=hash_bits,
+                                       interpret=interpret)
+  elif sampled:
     q_codes, k_codes = hash_codes(
         rng, jax.lax.stop_gradient(qn), jax.lax.stop_gradient(kn),
         num_hashes=num_hashes, hash_bits=hash_bits, hashing=hashing)

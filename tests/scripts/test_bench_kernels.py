@@ -16,10 +16,12 @@ def test_bench_kernels_cpu_reports_xla_rows_and_skips_pallas(tmp_path):
       timeout=300, check=False)
   assert result.returncode == 0, result.stderr[-2000:]
   records = {r["method"]: r for r in json.loads(out.read_text())}
-  assert set(records) == {"softmax", "mra_xla", "mra_pallas"}
-  for method in ("softmax", "mra_xla"):
+  assert set(records) == {"softmax", "mra_xla", "mra_pallas", "yoso_xla",
+                          "yoso_pallas"}
+  for method in ("softmax", "mra_xla", "yoso_xla"):
     r = records[method]
     assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["fwd_bwd_tflops"] > 0
     assert r["peak_tflops"] > 0 and r["peak_gbps"] > 0
   assert records["mra_pallas"]["note"].startswith("not run")
+  assert records["yoso_pallas"]["note"].startswith("not run")
   assert "| mra_xla | 128 |" in result.stdout

@@ -1,0 +1,143 @@
+"""pallas_kernels/yoso_lsh: kernels (Pallas interpreter) = reference.
+
+Hash codes, the bucket cumulation (= the dense collision matrix times V)
+and the LSH backward, on random inputs with ragged lengths, padded tokens,
+a value width that is not a power of two, fp32 and bf16 values, and the
+extreme collision patterns; plus lowering to Triton for CUDA on the CPU.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from efficient.attention import yoso
+from pallas_kernels import yoso_lsh
+from pallas_kernels.yoso_lsh import reference
+
+SIZES = yoso_lsh.BlockSizes(block=16)
+
+
+def _unit(rng, shape):
+  x = rng.normal(size=shape)
+  return jnp.asarray(x / np.linalg.norm(x, axis=-1, keepdims=True),
+                     jnp.float32)
+
+
+def _inputs(seed, groups=2, n=37, d=16, e=24, hash_bits=5, num_hashes=4,
+            dtype=jnp.float32):
+  rng = np.random.default_rng(seed)
+  q, k = _unit(rng, (groups, n, d)), _unit(rng, (groups, n, d))
+  v = jnp.asarray(rng.normal(size=(groups, n, e)), dtype)
+  mask = np.ones((groups, n), np.float32)
+  mask[-1, n - n // 4:] = 0  # Padded tokens in the last group.
+  rotation = yoso.hash_rotation(jax.random.PRNGKey(seed), (groups,), d,
+                                num_hashes=num_hashes, hash_bits=hash_bits)
+  return q, k, v, jnp.asarray(mask), rotation, rng
+
+
+@pytest.mark.parametrize("hashing", ["hadamard", "gaussian"])
+def test_hash_codes_match_the_reference_and_the_xla_path(hashing):
+  q, _, _, _, _, _ = _inputs(0)
+  rotation = yoso.hash_rotation(jax.random.PRNGKey(1), (2,), 16,
+                                num_hashes=4, hash_bits=5, hashing=hashing)
+  codes = yoso_lsh.hash_codes(q, rotation, hash_bits=5, num_hashes=4,
+                              block_sizes=SIZES, interpret=True)
+  assert codes.shape == (2, 4, 37)
+  padded = jnp.pad(q, ((0, 0), (0, 0), (0, rotation.shape[1] - 16)))
+  np.testing.assert_array_equal(codes, reference.hash_codes(padded, rotation,
+                                                            5, 4))
+  np.testing.assert_array_equal(codes, yoso.pack_codes(
+      q, rotation, num_hashes=4, hash_bits=5))
+  assert int(codes.max()) < 32 and int(codes.min()) >= 0
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5),
+                                       (jnp.bfloat16, 1e-5)])
+def test_cumulation_and_backward_match_the_reference(dtype, tol):
+  q, k, v, mask, rotation, rng = _inputs(2, dtype=dtype)
+  q_codes, k_codes = (reference.hash_codes(
+      jnp.pad(x, ((0, 0), (0, 0), (0, rotation.shape[1] - 16))), rotation, 5,
+      4) for x in (q, k))
+  run = lambda q, k, v: yoso_lsh.yoso_lsh_cumulation(
+      q, k, v, q_codes, k_codes, mask, mask, hash_bits=5, block_sizes=SIZES,
+      interpret=True)
+  out = run(q, k, v)
+  want = reference.cumulation(q_codes, k_codes, mask, mask, v, 5)
+  dense = reference.collision_matrix(q_codes, k_codes, mask, mask) @ v.astype(
+      jnp.float32)
+  scale = float(jnp.abs(want).max())
+  assert float(jnp.abs(out - want).max()) <= tol * scale  # bf16 in, f32 sums.
+  assert float(jnp.abs(want - dense).max()) <= 1e-5 * scale
+  np.testing.assert_array_equal(out[-1, -9:], 0.0)  # Padded queries.
+  weights = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
+  grads = jax.grad(lambda *a: (run(*a) * weights).sum(), argnums=(0, 1, 2))(
+      q, k, v)
+  wants = reference.lsh_backward(q, k, v.astype(jnp.float32), weights,
+                                 q_codes, k_codes, mask, mask, 5)
+  for got, ref in zip(grads, wants):
+    assert got.dtype == (dtype if got.shape[-1] == 24 else jnp.float32)
+    np.testing.assert_allclose(np.asarray(got, np.float32), ref,
+                               atol=2e-2 * float(jnp.abs(ref).max()) if
+                               dtype == jnp.bfloat16 else 1e-5)
+  # The XLA path's table backward gives the same sums.
+  xla = yoso.lsh_backward(q, k, v.astype(jnp.float32), weights, q_codes,
+                          k_codes, mask, mask, 5, method="tables")
+  for got, ref in zip(wants, xla):
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("pattern", ["all_collide", "none_collide"])
+def test_extreme_collision_patterns(pattern):
+  q, k, v, mask, _, _ = _inputs(3)
+  shape = (2, 4, 37)
+  q_codes = jnp.zeros(shape, jnp.int32) + 7
+  k_codes = q_codes if pattern == "all_collide" else q_codes + 1
+  out = yoso_lsh.yoso_lsh_cumulation(q, k, v, q_codes, k_codes, mask, mask,
+                                     hash_bits=5, block_sizes=SIZES,
+                                     interpret=True)
+  if pattern == "none_collide":
+    np.testing.assert_array_equal(out, 0.0)
+  else:  # Every query reads the sum of all real values.
+    want = (v * mask[..., None]).sum(1, keepdims=True) * mask[..., None]
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_yoso_attention_pallas_impl_equals_xla_impl():
+  rng = np.random.default_rng(4)
+  q, k, v = (jnp.asarray(rng.normal(size=(1, 20, 2, 8)), jnp.float32)
+             for _ in range(3))
+  mask = jnp.arange(20)[None] < 17
+  key = jax.random.PRNGKey(5)
+  kwargs = dict(mask=mask, hash_bits=4, num_hashes=4, rng=key,
+                backward="lsh_tables")
+  f = lambda impl: lambda q, k, v: yoso.yoso_attention(q, k, v, impl=impl,
+                                                       **kwargs)
+  np.testing.assert_allclose(f("pallas")(q, k, v), f("xla")(q, k, v),
+                             atol=1e-6)
+  loss = lambda fn: lambda *a: (fn(*a) * jnp.arange(8.0)).sum()
+  for got, want in zip(jax.grad(loss(f("pallas")), (0, 1, 2))(q, k, v),
+                       jax.grad(loss(f("xla")), (0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(got, want, atol=1e-5)
+  with pytest.raises(ValueError, match="impl='pallas'"):
+    yoso.yoso_attention(q, k, v, impl="pallas", sampled=False)
+
+
+def test_kernels_lower_to_triton_for_cuda_on_a_cpu_machine():
+  q, k, v, mask, rotation, _ = _inputs(6, n=64, d=32, e=64)
+  codes = jnp.zeros((2, 4, 64), jnp.int32)
+
+  def loss(q, k, v):
+    return yoso_lsh.yoso_lsh_cumulation(q, k, v, codes, codes, mask, mask,
+                                        hash_bits=5, platform="gpu").sum()
+
+  lowered = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).trace(
+      q, k, v).lower(lowering_platforms=("cuda",)).as_text()
+  # Scatter + gather for the forward, dV, and the dQ and dK passes.
+  assert lowered.count("xla.gpu.triton") == 8
+  hashed = jax.jit(lambda x: yoso_lsh.hash_codes(
+      x, rotation, hash_bits=5, num_hashes=4, platform="gpu")).trace(q).lower(
+          lowering_platforms=("cuda",)).as_text()
+  assert hashed.count("xla.gpu.triton") == 1
+  with pytest.raises(NotImplementedError, match="tpu"):
+    yoso_lsh.hash_codes(q, rotation, hash_bits=5, num_hashes=4,
+                        platform="tpu")
