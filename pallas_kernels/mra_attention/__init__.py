@@ -11,13 +11,14 @@ blocks, from none to all. `jax.custom_vjp` pairs the forward kernel with the
 dQ and dK/dV kernels (kernel.py); the row max gets no gradient.
 
 Backends: `interpret=True` runs anywhere (the CPU tests). On GPU the
-kernels go through Pallas's Triton backend (`compiler_params`); their
-lowering to Triton for CUDA, forward and backward, is checked on the CPU by
-tests/pallas_kernels/test_mra_attention.py (lowering only: no GPU has
-compiled or run them yet). They do not lower for TPU (Mosaic needs block
-shapes whose last two dims are multiples of (8, 128) and the row lists in
-scalar prefetch; not written yet). `efficient.attention.mra` defaults to
-`impl="xla"`.
+kernels of kernel.py go through Pallas's Triton backend (`compiler_params`;
+Mosaic GPU, Pallas's GPU default, refuses their `pl.ds` row loads); on TPU
+`platform="tpu"` (the default there) selects tpu.py, the same mathematics
+with the lists in scalar prefetch and Mosaic's tiling. Both lower on a
+CPU-only machine (tests/pallas_kernels/test_mra_attention.py: CUDA → Triton,
+TPU → Mosaic, forward and backward) and both agree with reference.py in
+the interpreter; neither has been compiled or run on a GPU or TPU (none
+lent so far), so `efficient.attention.mra` defaults to `impl="xla"`.
 """
 import dataclasses
 import functools
@@ -30,6 +31,7 @@ from jax.experimental.pallas import triton as pl_triton
 
 from pallas_kernels.mra_attention import kernel
 from pallas_kernels.mra_attention import reference
+from pallas_kernels.mra_attention import tpu
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -93,6 +95,10 @@ def _call(body, index, count, blocked, whole, outputs, *, block, interpret,
                                                    *whole)
 
 
+def _is_tpu(platform):
+  return (platform or jax.default_backend()) == "tpu"
+
+
 def _forward(q, k, v, key_mask, selected, block_sizes, interpret, platform):
   groups, n, d = q.shape
   block = block_sizes.block
@@ -104,6 +110,17 @@ def _forward(q, k, v, key_mask, selected, block_sizes, interpret, platform):
                      f"{(groups, n // block, n // block)}")
   index, count = block_lists(selected)
   f32 = lambda *shape: jax.ShapeDtypeStruct((groups, n) + shape, jnp.float32)
+  if _is_tpu(platform):
+    dv = v.shape[-1]
+    out, norm, row_max = tpu.call(
+        functools.partial(tpu.forward_kernel, scale=1 / math.sqrt(d)),
+        index, count, [(q, "tokens")],
+        [(k, "tokens"), (v, "tokens"),
+         (tpu.mask_rows(key_mask, block), "mask")],
+        [f32(dv), f32(tpu.LANES), f32(tpu.LANES)],
+        [(block, dv), (block, tpu.LANES), (block, tpu.LANES)], block=block,
+        interpret=interpret)
+    return out, norm[..., 0], row_max[..., 0]
   body = functools.partial(kernel.forward_kernel, block=block,
                            scale=1 / math.sqrt(d))
   return _call(body, index, count, [q], [k, v, key_mask],
@@ -133,13 +150,29 @@ def _bwd(block_sizes, interpret, platform, residuals, cotangents):
   scale = 1 / math.sqrt(d)
   dout, dnorm = dout.astype(q.dtype), dnorm.astype(jnp.float32)
   index, count = block_lists(selected)
+  t_index, t_count = block_lists(jnp.swapaxes(selected, 1, 2))
+  if _is_tpu(platform):
+    f32 = lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32)
+    rows = [(tpu.lanes(dnorm), "lanes"), (tpu.lanes(row_max), "lanes")]
+    mask_rows = (tpu.mask_rows(key_mask, block), "mask")
+    (dq,) = tpu.call(
+        functools.partial(tpu.dq_kernel, scale=scale), index, count,
+        [(q, "tokens"), (dout, "tokens")] + rows,
+        [(k, "tokens"), (v, "tokens"), mask_rows], [f32(q)],
+        [(block, d)], block=block, interpret=interpret)
+    dk, dv = tpu.call(
+        functools.partial(tpu.dkv_kernel, scale=scale), t_index, t_count,
+        [(k, "tokens"), (v, "tokens"), mask_rows],
+        [(q, "tokens"), (dout, "tokens")] + rows, [f32(k), f32(v)],
+        [(block, d), (block, v.shape[-1])], block=block, interpret=interpret)
+    return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
+            None, None)
   (dq,) = _call(
       functools.partial(kernel.dq_kernel, block=block, scale=scale),
       index, count, [q, dout, dnorm, row_max], [k, v, key_mask],
       [jax.ShapeDtypeStruct(q.shape, jnp.float32)], block=block,
       interpret=interpret, platform=platform)
   # dK/dV: one program per key block J, over the query blocks that chose J.
-  t_index, t_count = block_lists(jnp.swapaxes(selected, 1, 2))
   dk, dv = _call(
       functools.partial(kernel.dkv_kernel, block=block, scale=scale),
       t_index, t_count, [k, v, key_mask], [q, dout, dnorm, row_max],

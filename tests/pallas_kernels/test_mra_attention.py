@@ -54,6 +54,18 @@ def _close(got, want, dtype):
                                               (1, 96, 32, 32)])
 def test_forward_and_gradients_match_the_reference(groups, n, d, block, kind,
                                                    dtype):
+  _check_against_reference(groups, n, d, block, kind, dtype, platform=None)
+
+
+@pytest.mark.parametrize("kind,dtype", [("random", jnp.float32),
+                                        ("all", jnp.float32),
+                                        ("one_per_row", jnp.bfloat16)])
+def test_tpu_variant_matches_the_reference(kind, dtype):
+  """The Mosaic (scalar-prefetch) kernels of tpu.py, interpreted."""
+  _check_against_reference(2, 64, 16, 16, kind, dtype, platform="tpu")
+
+
+def _check_against_reference(groups, n, d, block, kind, dtype, platform):
   q, k, v, mask, rng = _inputs(0, groups, n, d, dtype)
   selected = _selection(kind, rng, groups, n // block)
   index, count = kernels.block_lists(selected)
@@ -61,7 +73,8 @@ def test_forward_and_gradients_match_the_reference(groups, n, d, block, kind,
 
   def run_kernel(q, k, v):
     return kernels.mra_block_sparse(q, k, v, mask, selected,
-                                    block_sizes=sizes, interpret=True)
+                                    block_sizes=sizes, interpret=True,
+                                    platform=platform)
 
   def run_reference(q, k, v):
     return reference.mra_block_sparse_reference(q, k, v, mask, index, count,
@@ -144,3 +157,20 @@ def test_kernels_lower_to_triton_for_cuda_on_a_cpu_machine():
   lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(
       q, q, q).lower(lowering_platforms=("cuda",)).as_text()
   assert lowered.count("xla.gpu.triton") == 3  # forward, dQ, dK/dV.
+
+
+def test_tpu_variant_lowers_for_tpu_on_a_cpu_machine():
+  """Forward, dQ and dK/dV pass Mosaic's block-shape rules (lowering only)."""
+  import pallas_kernels.mra_attention as mra_kernel  # pylint: disable=g-import-not-at-top
+  q = jnp.ones((2, 128, 64), jnp.bfloat16)
+  mask = jnp.ones((2, 128), jnp.float32)
+  selected = jnp.eye(4, dtype=bool)[None].repeat(2, 0)
+
+  def loss(q, k, v):
+    out, norm, _ = mra_kernel.mra_block_sparse(q, k, v, mask, selected,
+                                               platform="tpu")
+    return out.sum() + norm.sum()
+
+  lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(
+      q, q, q).lower(lowering_platforms=("tpu",)).as_text()
+  assert lowered.count("tpu_custom_call") == 3
