@@ -1,8 +1,8 @@
 r"""Held-out denoising loss against the diffusion step, for diffusion runs.
 
   python scripts/denoising_curve.py runs/diffusion_fmnist_dit runs/diffusion_fmnist_dimr \
-      [--num_images=2000] [--num_t=20] --out docs/denoising_curve.json \
-      --plot docs/denoising_curve.png
+      [--num_images=2000] [--num_t=20] [--label_shift=1] \
+      --out docs/denoising_curve.json --plot docs/denoising_curve.png
 
 Every run is scored on the same grid: the first `num_images` validation
 images × `num_t` steps evenly spaced over 1..T × one fixed noise draw per
@@ -25,14 +25,19 @@ import numpy as np
 matplotlib.use("Agg")
 
 
-def curve(workdir, num_images, num_t, batch_size=250):
-  """[(step, loss, high_res_mse)] of the run in `workdir` on the grid."""
+def curve(workdir, num_images, num_t, batch_size=250, label_shift=0):
+  """[(step, loss, high_res_mse)] of the run in `workdir` on the grid.
+
+  `label_shift` k > 0 scores every image as class (y + k) mod C: the gap
+  to k = 0 is how much the model uses its class label.
+  """
   # pylint: disable=g-import-not-at-top
   from efficient.diffusion import fid
   from efficient.diffusion import training
   _, task, params, builder, _ = training.load_run(os.path.abspath(workdir))
   images, labels = fid.load_images(builder.as_data_source(split="validation"),
                                    task.transform, limit=num_images)
+  labels = (labels + label_shift) % task.null_class
   steps = np.round(np.linspace(1, task.schedule.num_steps, num_t)).astype(
       np.int32)
 
@@ -66,15 +71,19 @@ def main():
   parser.add_argument("workdirs", nargs="+")
   parser.add_argument("--num_images", type=int, default=2000)
   parser.add_argument("--num_t", type=int, default=20)
+  parser.add_argument("--label_shift", type=int, default=0,
+                      help="score with class (y + k) mod C (a wrong label)")
   parser.add_argument("--out", default=None, help="JSON path")
   parser.add_argument("--plot", default=None, help="PNG path")
   args = parser.parse_args()
   records = []
   for workdir in args.workdirs:
-    for step, loss, high in curve(workdir, args.num_images, args.num_t):
+    for step, loss, high in curve(workdir, args.num_images, args.num_t,
+                                  label_shift=args.label_shift):
       records.append({"run": os.path.basename(os.path.normpath(workdir)),
                       "step": step, "loss": loss, "high_res_mse": high,
                       "num_images": args.num_images,
+                      "label_shift": args.label_shift,
                       "device": jax.devices()[0].device_kind})
   runs = list(dict.fromkeys(r["run"] for r in records))
   print("| step | " + " | ".join(runs) + " |  (high-resolution ε MSE)")

@@ -158,6 +158,7 @@ def load_run(workdir):
   from efficient import models
   from efficient.train import checkpoint as checkpoint_lib
 
+  workdir = os.path.abspath(workdir)  # (orbax wants absolute paths)
   config_path = os.path.join(workdir, "config.json")
   if not os.path.exists(config_path):
     raise ConfigError(f"--workdir={workdir}: no config.json (not a run)")
