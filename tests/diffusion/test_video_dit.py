@@ -20,8 +20,8 @@ def _inputs():
 def test_adaln_zero_output_is_zero_at_init():
   model = _model()
   x, step, label = _inputs()
-  params = model.init(jax.random.PRNGKey(1), x, step, label)
-  out = model.apply(params, x, step, label)
+  params = jax.jit(model.init)(jax.random.PRNGKey(1), x, step, label)
+  out = jax.jit(model.apply)(params, x, step, label)
   assert out.shape == x.shape
   np.testing.assert_array_equal(out, 0.0)
 
@@ -38,27 +38,28 @@ def _randomised(params):
 def test_frames_mix_only_through_time_attention():
   model = _model()
   x, step, label = _inputs()
-  params = _randomised(model.init(jax.random.PRNGKey(1), x, step, label))
+  params = _randomised(jax.jit(model.init)(jax.random.PRNGKey(1), x, step,
+                                           label))
+  apply = jax.jit(model.apply)
   bumped = x.at[:, 0].add(1.0)
-  out = model.apply(params, x, step, label)
-  changed = jnp.abs(model.apply(params, bumped, step, label) - out)
+  out = apply(params, x, step, label)
+  changed = jnp.abs(apply(params, bumped, step, label) - out)
   assert changed[:, 3].max() > 1e-3  # Frame 0 reaches frame 3 ...
   no_time = jax.tree_util.tree_map_with_path(
       lambda path, v: jnp.zeros_like(v) if "time_attn" in jax.tree_util.keystr(
           path) and "proj" in jax.tree_util.keystr(path) else v, params)
-  out = model.apply(no_time, x, step, label)
-  changed = jnp.abs(model.apply(no_time, bumped, step, label) - out)
+  out = apply(no_time, x, step, label)
+  changed = jnp.abs(apply(no_time, bumped, step, label) - out)
   np.testing.assert_allclose(changed[:, 1:], 0.0, atol=1e-6)  # ... only so.
   # Examples never mix.
-  np.testing.assert_allclose(model.apply(params, x[:1], step[:1], label[:1]),
-                             model.apply(params, x, step, label)[:1],
-                             atol=1e-5)
+  np.testing.assert_allclose(apply(params, x[:1], step[:1], label[:1]),
+                             apply(params, x, step, label)[:1], atol=1e-5)
 
 
 def test_wrong_video_shape_is_an_error():
   model = _model()
   x, step, label = _inputs()
-  params = model.init(jax.random.PRNGKey(1), x, step, label)
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(1), x, step, label)
   with pytest.raises(ValueError, match="videos got"):
     model.apply(params, x[:, :3], step, label)
 
