@@ -139,38 +139,25 @@ def test_block_lists_and_refusals():
     kernels.BlockSizes(block=24)
 
 
-def test_kernels_lower_to_triton_for_cuda_on_a_cpu_machine():
-  """Forward and backward lower for CUDA (Pallas → Triton) without a GPU.
+@pytest.mark.parametrize("platform,lowering,custom_call", [
+    ("gpu", "cuda", "xla.gpu.triton"), ("tpu", "tpu", "tpu_custom_call")])
+def test_kernels_lower_for_their_platform_on_a_cpu_machine(
+    platform, lowering, custom_call):
+  """Forward, dQ and dK/dV lower without a device: the GPU form to Triton
+  for CUDA, the TPU form to Mosaic (tiling rules included).
 
-  Lowering is not compiling: Triton's own compiler runs only on a device.
+  Lowering is not compiling: Triton's and Mosaic's own compilers run only
+  on a device.
   """
-  import pallas_kernels.mra_attention as mra_kernel  # pylint: disable=g-import-not-at-top
   q = jnp.ones((2, 128, 64), jnp.bfloat16)
   mask = jnp.ones((2, 128), jnp.float32)
   selected = jnp.eye(4, dtype=bool)[None].repeat(2, 0)
 
   def loss(q, k, v):
-    out, norm, _ = mra_kernel.mra_block_sparse(q, k, v, mask, selected,
-                                               platform="gpu")
+    out, norm, _ = kernels.mra_block_sparse(q, k, v, mask, selected,
+                                            platform=platform)
     return out.sum() + norm.sum()
 
   lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(
-      q, q, q).lower(lowering_platforms=("cuda",)).as_text()
-  assert lowered.count("xla.gpu.triton") == 3  # forward, dQ, dK/dV.
-
-
-def test_tpu_variant_lowers_for_tpu_on_a_cpu_machine():
-  """Forward, dQ and dK/dV pass Mosaic's block-shape rules (lowering only)."""
-  import pallas_kernels.mra_attention as mra_kernel  # pylint: disable=g-import-not-at-top
-  q = jnp.ones((2, 128, 64), jnp.bfloat16)
-  mask = jnp.ones((2, 128), jnp.float32)
-  selected = jnp.eye(4, dtype=bool)[None].repeat(2, 0)
-
-  def loss(q, k, v):
-    out, norm, _ = mra_kernel.mra_block_sparse(q, k, v, mask, selected,
-                                               platform="tpu")
-    return out.sum() + norm.sum()
-
-  lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(
-      q, q, q).lower(lowering_platforms=("tpu",)).as_text()
-  assert lowered.count("tpu_custom_call") == 3
+      q, q, q).lower(lowering_platforms=(lowering,)).as_text()
+  assert lowered.count(custom_call) == 3  # forward, dQ, dK/dV.
