@@ -144,12 +144,13 @@ def sample_condition(task, params, settings, motion, *, num_videos,
 def motion_scores(videos, motion, frames, size):
   """Mean errors against the request, and the mean realised move."""
   # pylint: disable=g-import-not-at-top
+  import jax
   import numpy as np
   from efficient.diffusion import lightmotion
   from efficient.diffusion import motion_estimation
 
-  estimated = np.stack([np.asarray(motion_estimation.consecutive_motions(v))
-                        for v in videos])  # [n, F − 1, 4]
+  estimated = np.asarray(jax.vmap(motion_estimation.consecutive_motions)(
+      videos))  # [n, F − 1, 4]
   path = lightmotion.camera_path(lightmotion.Motion(*(motion or (0, 0, 0, 0))),
                                  frames, size, size)
   requested = motion_estimation.requested_steps(path)

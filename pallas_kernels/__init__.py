@@ -1,1 +1,22 @@
 """Pallas kernels for the hot paths, each beside a plain-jnp reference."""
+import jax
+from jax.experimental.pallas import triton as pl_triton
+
+GPU_PLATFORMS = ("gpu", "cuda", "rocm")
+
+
+def resolve_platform(platform=None):
+  """The backend a kernel compiles for: `platform`, else the default one."""
+  return platform or jax.default_backend()
+
+
+def triton_params(platform=None):
+  """Triton compiler parameters on GPU, None elsewhere.
+
+  Our GPU kernels are written in Triton's model (`pl.ds` row loads, vector
+  atomics); Mosaic GPU, Pallas's GPU default, refuses them, so every GPU
+  pallas_call passes these to select the Triton backend.
+  """
+  if resolve_platform(platform) in GPU_PLATFORMS:
+    return pl_triton.CompilerParams(num_warps=4, num_stages=2)
+  return None

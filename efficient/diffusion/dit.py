@@ -66,7 +66,8 @@ def _modulate(x, shift, scale):
   return x * (1 + scale[:, None]) + shift[:, None]
 
 
-def _layer_norm(x):
+def layer_norm(x):
+  """DiT's LayerNorm: no affine (adaLN supplies it), eps 1e-6."""
   return nn.LayerNorm(epsilon=1e-6, use_scale=False, use_bias=False)(x)
 
 
@@ -108,9 +109,9 @@ class DiTBlock(nn.Module):
                    name="adaLN_modulation")(nn.silu(c))
     shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod, 6, axis=-1)
     x = x + gate1[:, None] * Attention(self.heads)(
-        _modulate(_layer_norm(x), shift1, scale1))
+        _modulate(layer_norm(x), shift1, scale1))
     return x + gate2[:, None] * Mlp()(
-        _modulate(_layer_norm(x), shift2, scale2))
+        _modulate(layer_norm(x), shift2, scale2))
 
 
 class DiT(nn.Module):
@@ -159,7 +160,7 @@ class DiT(nn.Module):
       shift, scale = jnp.split(
           nn.Dense(2 * self.hidden, kernel_init=_zeros, bias_init=_zeros,
                    name="final_adaLN_modulation")(nn.silu(c)), 2, axis=-1)
-      tokens = _modulate(_layer_norm(tokens), shift, scale)
+      tokens = _modulate(layer_norm(tokens), shift, scale)
     tokens = nn.Dense(p * p * out_channels, kernel_init=_zeros,
                       bias_init=_zeros, name="final_linear")(tokens)
     # Unpatchify: [b, g·g, p·p·C] → [b, g·p, g·p, C].

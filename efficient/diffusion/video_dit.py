@@ -42,7 +42,7 @@ class SpaceTimeBlock(nn.Module):
                    name="adaLN_modulation")(nn.silu(c))
     (shift_s, scale_s, gate_s, shift_t, scale_t, gate_t, shift_m, scale_m,
      gate_m) = [m[:, None, None] for m in jnp.split(mod, 9, axis=-1)]
-    norm = lambda y, shift, scale: dit._layer_norm(y) * (1 + scale) + shift  # pylint: disable=protected-access
+    norm = lambda y, shift, scale: dit.layer_norm(y) * (1 + scale) + shift
 
     space = norm(x, shift_s, scale_s).reshape(batch * frames, tokens, width)
     space = dit.Attention(self.heads, name="space_attn")(space)
@@ -96,7 +96,7 @@ class VideoDiT(nn.Module):
     shift, scale = jnp.split(
         nn.Dense(2 * self.hidden, kernel_init=_zeros, bias_init=_zeros,
                  name="final_adaLN_modulation")(nn.silu(c)), 2, axis=-1)
-    tokens = (dit._layer_norm(tokens) * (1 + scale[:, None, None]) +  # pylint: disable=protected-access
+    tokens = (dit.layer_norm(tokens) * (1 + scale[:, None, None]) +
               shift[:, None, None])
     tokens = nn.Dense(p * p * channels, kernel_init=_zeros, bias_init=_zeros,
                       name="final_linear")(tokens)

@@ -11,8 +11,9 @@ blocks, from none to all. `jax.custom_vjp` pairs the forward kernel with the
 dQ and dK/dV kernels (kernel.py); the row max gets no gradient.
 
 Backends: `interpret=True` runs anywhere (the CPU tests). On GPU the
-kernels of kernel.py go through Pallas's Triton backend (`compiler_params`;
-Mosaic GPU, Pallas's GPU default, refuses their `pl.ds` row loads); on TPU
+kernels of kernel.py go through Pallas's Triton backend
+(`pallas_kernels.triton_params`; Mosaic GPU, Pallas's GPU default, refuses
+their `pl.ds` row loads); on TPU
 `platform="tpu"` (the default there) selects tpu.py, the same mathematics
 with the lists in scalar prefetch and Mosaic's tiling. Both lower on a
 CPU-only machine (tests/pallas_kernels/test_mra_attention.py: CUDA → Triton,
@@ -27,8 +28,8 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pl_triton
 
+import pallas_kernels
 from pallas_kernels.mra_attention import kernel
 from pallas_kernels.mra_attention import reference
 from pallas_kernels.mra_attention import tpu
@@ -55,15 +56,6 @@ def block_lists(selected):
   return index, count
 
 
-def compiler_params(platform):
-  """Triton on GPU (the kernels use Triton's model: `pl.ds` loads of whole
-  rows, no warpgroup-sized copies, so Mosaic GPU, Pallas's GPU default,
-  refuses them); the default elsewhere."""
-  if platform in ("gpu", "cuda", "rocm"):
-    return pl_triton.CompilerParams(num_warps=4, num_stages=2)
-  return None
-
-
 def _call(body, index, count, blocked, whole, outputs, *, block, interpret,
           platform=None):
   """pallas_call over (group, block row), the layout all three kernels share.
@@ -86,8 +78,7 @@ def _call(body, index, count, blocked, whole, outputs, *, block, interpret,
               pl.BlockSpec((None, 1), lambda g, i: (g, i))]
   in_specs += [spec(x, True) for x in blocked]
   in_specs += [spec(x, False) for x in whole]
-  params = None if interpret else compiler_params(
-      platform or jax.default_backend())
+  params = None if interpret else pallas_kernels.triton_params(platform)
   return pl.pallas_call(
       body, grid=(groups, nb), in_specs=in_specs,
       out_specs=[spec(o, True) for o in outputs], out_shape=outputs,
@@ -96,7 +87,7 @@ def _call(body, index, count, blocked, whole, outputs, *, block, interpret,
 
 
 def _is_tpu(platform):
-  return (platform or jax.default_backend()) == "tpu"
+  return pallas_kernels.resolve_platform(platform) == "tpu"
 
 
 def _forward(q, k, v, key_mask, selected, block_sizes, interpret, platform):

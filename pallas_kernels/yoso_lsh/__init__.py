@@ -17,8 +17,8 @@ masks `[groups, n]` float. n is padded to the token block internally; the
 value width is padded to a power of two (Triton's block shapes).
 
 Backends:
-  * GPU: Pallas's Triton backend (`compiler_params`), atomic adds into
-    [groups, m, 2^τ, e] float32 tables in global memory (the CUDA
+  * GPU: Pallas's Triton backend (`pallas_kernels.triton_params`), atomic
+    adds into [groups, m, 2^τ, e] float32 tables in global memory (the CUDA
     original's design). Lowering to Triton for CUDA is checked on the CPU
     (tests/pallas_kernels/test_yoso_lsh.py); never compiled or run on a GPU
     here (no device lent so far).
@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pl_triton
 
+import pallas_kernels
 from pallas_kernels.yoso_lsh import kernel
 from pallas_kernels.yoso_lsh import reference
 
@@ -58,11 +58,13 @@ def _pow2(x, minimum=16):
 def _params(interpret, platform):
   if interpret:
     return None
-  if (platform or jax.default_backend()) in ("gpu", "cuda", "rocm"):
-    return pl_triton.CompilerParams(num_warps=4, num_stages=2)
-  raise NotImplementedError(
-      f"pallas_kernels.yoso_lsh runs on GPU (Triton) or interpreted; not on "
-      f"{platform or jax.default_backend()} (see the module docstring)")
+  params = pallas_kernels.triton_params(platform)
+  if params is None:
+    raise NotImplementedError(
+        "pallas_kernels.yoso_lsh runs on GPU (Triton) or interpreted; not "
+        f"on {pallas_kernels.resolve_platform(platform)} (see the module "
+        "docstring)")
+  return params
 
 
 def _pad_tokens(x, block, axis):
