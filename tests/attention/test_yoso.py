@@ -240,20 +240,22 @@ def test_sampled_average_converges_to_expectation_like_one_over_sqrt_draws(
       q, k, v)
   want = (want_out,) + vjp(grad)
   draws = jax.jit(jax.vmap(sampled))(jax.random.split(
-      jax.random.PRNGKey(10), 4096))
+      jax.random.PRNGKey(10), 1024))
   for name, got, ref in zip(("out", "dq", "dk", "dv"), draws, want):
     ref = np.asarray(ref)
     errors = [np.linalg.norm(np.asarray(got[:count]).mean(0) - ref) /
-              np.linalg.norm(ref) for count in (16, 4096)]
+              np.linalg.norm(ref) for count in (16, 1024)]
     if hashing == "gaussian":
-      # Unbiased: 256x more draws divide the error by 16.
-      assert 10 < errors[0] / errors[1] < 26, (name, errors)
-      assert errors[1] < 0.06, (name, errors)
+      # Unbiased: 64x more draws divide the error by 8 (7.8-8.5 measured
+      # over seeds).
+      assert 6 < errors[0] / errors[1] < 11, (name, errors)
+      assert errors[1] < 0.09, (name, errors)
     else:
       # The fast Hadamard hash only approximates SimHash: a small bias
-      # floor (about 6% here, documented in yoso.py) stays.
+      # floor (about 6% here, documented in yoso.py) stays, so the error
+      # falls less (5.3-5.9x measured).
       assert errors[0] / errors[1] > 4, (name, errors)
-      assert errors[1] < 0.1, (name, errors)
+      assert errors[1] < 0.12, (name, errors)
 
 
 def test_padding_never_changes_real_outputs():

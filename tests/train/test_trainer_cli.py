@@ -139,7 +139,10 @@ LONG = ("--config.total_steps=30", "--config.checkpoint_every=1",
 def test_sigkill_then_resume_is_bitwise_equal_to_uninterrupted(
     listops_data_dir, tmp_path):
   straight, broken = tmp_path / "straight", tmp_path / "broken"
-  _ok(train(straight, *LONG, data_dir=listops_data_dir, devices=1))
+  # The uninterrupted run saves only at the end (checkpointing must not
+  # change the trajectory); the broken one saves every step.
+  _ok(train(straight, *LONG, "--config.checkpoint_every=30",
+            data_dir=listops_data_dir, devices=1))
   code, _ = _run_until(broken, listops_data_dir, LONG, 5, signal.SIGKILL)
   assert code == -signal.SIGKILL
   assert _steps(broken)[-1] < 30
@@ -172,7 +175,8 @@ def test_sigterm_saves_and_exits_cleanly(listops_data_dir, tmp_path):
   stopped = int(stderr.split("checkpoint saved at step ")[1].split(";")[0])
   assert _steps(workdir)[-1] == stopped < 30
   assert not (workdir / "results.json").exists()
-  resumed = _ok(train(workdir, *LONG, data_dir=listops_data_dir, devices=1))
+  resumed = _ok(train(workdir, *LONG, "--config.checkpoint_every=30",
+                      data_dir=listops_data_dir, devices=1))
   assert f"Resumed from checkpoint at step {stopped}" in resumed.stderr
 
 
