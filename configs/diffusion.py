@@ -21,6 +21,15 @@ Variants (arg = "<model>[,smoke][,seed=N][,budget=TMACs]"):
       `fmnist_dimr`       DiMR/4R: Transformer d192 × 7 on 8×8 tokens +
                           ConvNeXt d32 × 3 at 32×32, TD-LN    (0.270)
       `fmnist_dimr_adaln` the same with adaLN-Zero           (0.271)
+  * Fashion-MNIST 16×16×1 (2×2-averaged to 14×14, padded), the reduced
+    experiment that fits this CPU (reference/diffusion.md §4.2's size):
+    ≈ 1.0 s per step instead of 2.4-3.5, so 2.5× the steps at ~85% of the
+    compute. Patch 2 on 16×16 gives the same 8×8 tokens:
+      `fmnist16_dit`        DiT/2, d128, depth 6, heads 4, adaLN-Zero (0.0825)
+      `fmnist16_dit_tdln`   the same with TD-LN + class token       (0.0832)
+      `fmnist16_dimr`       DiMR/2R: Transformer d128 × 5 on 8×8 tokens +
+                            ConvNeXt d32 × 2 at 16×16, TD-LN        (0.0758)
+      `fmnist16_dimr_adaln` the same with adaLN-Zero                (0.0756)
     They share one optimizer so only the architecture differs: AdamW 2e-4,
     betas (0.9, 0.99), weight decay 0.03 (not the TD-LN gates, biases or
     embeddings), 500 warm-up steps then constant, batch 64 —
@@ -30,7 +39,8 @@ Variants (arg = "<model>[,smoke][,seed=N][,budget=TMACs]"):
     of the EMA (0.999 would leave 17% of them, zeros for adaLN-Zero's
     modulations, which would bias the comparison). Training compute is
     matched: `total_steps = budget / (3 × forward MACs × batch)`, budget
-    92.7 TMACs by default (2,000 fmnist_dit steps).
+    92.7 TMACs by default at 32×32 (2,000 fmnist_dit steps), 79.2 at
+    16×16 (5,000 fmnist16_dit steps).
 
 Diffusion settings: ε-prediction, 1000 DDPM steps, linear betas for DiT and
 Stable Diffusion's scaled-linear for DiMR (each paper's), label dropout 0.1
@@ -50,9 +60,13 @@ DIT = {  # variant: (depth, hidden, heads, patch), input, channels, classes
     "dit_s2": ((12, 384, 6, 2), 32, 4, 1000),
     "fmnist_dit": ((8, 192, 3, 4), 32, 1, 10),
     "fmnist_dit_tdln": ((8, 192, 3, 4), 32, 1, 10),
+    "fmnist16_dit": ((6, 128, 4, 2), 16, 1, 10),
+    "fmnist16_dit_tdln": ((6, 128, 4, 2), 16, 1, 10),
 }
 FMNIST_DIMR_STAGES = (("transformer", 192, 384, 3, 7, 4),
                       ("convnext", 32, 64, 2, 2, 1))
+FMNIST16_DIMR_STAGES = (("transformer", 128, 256, 4, 5, 2),
+                        ("convnext", 32, 64, 2, 2, 1))
 DIMR = {  # variant: stages, input, channels, classes
     "dimr_xl2r": ((("transformer", 960, 1920, 16, 39, 2),
                    ("convnext", 480, 960, 16, 20, 1)), 32, 4, 1000),
@@ -60,10 +74,15 @@ DIMR = {  # variant: stages, input, channels, classes
                   ("convnext", 576, 1152, 16, 29, 1)), 32, 4, 1000),
     "fmnist_dimr": (FMNIST_DIMR_STAGES, 32, 1, 10),
     "fmnist_dimr_adaln": (FMNIST_DIMR_STAGES, 32, 1, 10),
+    "fmnist16_dimr": (FMNIST16_DIMR_STAGES, 16, 1, 10),
+    "fmnist16_dimr_adaln": (FMNIST16_DIMR_STAGES, 16, 1, 10),
 }
 SMOKE_DIT = (2, 32, 2, 4)
 SMOKE_DIMR = (("transformer", 32, 64, 2, 3, 4), ("convnext", 16, 32, 2, 1, 1))
-DEFAULT_BUDGET_TMACS = 92.7  # 3 × 0.2413 GMACs × 64 images × 2,000 steps.
+# Training compute per input size, in TMACs: 3 (forward + backward) × the
+# DiT's forward MACs × 64 images × its steps.
+DEFAULT_BUDGET_TMACS = {32: 92.7,   # 0.2413 GMACs × 2,000 steps
+                        16: 79.2}   # 0.0825 GMACs × 5,000 steps
 
 
 def _model(variant, smoke):
@@ -102,7 +121,7 @@ def _paper_optimizer(c, variant):
 def get_config(arg=None):
   """arg = "<variant>[,smoke][,seed=N][,budget=TMACs]" (module docstring)."""
   arg = common.parse_arg(arg, model="fmnist_dit", smoke=False, seed=0,
-                         budget=DEFAULT_BUDGET_TMACS)
+                         budget=0.0)
   c = ml_collections.ConfigDict()
   c.task = "diffusion"
   c.seed = arg.seed
@@ -115,8 +134,8 @@ def get_config(arg=None):
     kwargs = dict(c.model)
     macs = training.forward_macs(models.get_model(kwargs.pop("name"),
                                                   **kwargs))
-    c.total_steps = max(1, round(arg.budget * 1e12 /
-                                 (3 * macs * c.batch_size)))
+    budget = arg.budget or DEFAULT_BUDGET_TMACS[c.model.input_size]
+    c.total_steps = max(1, round(budget * 1e12 / (3 * macs * c.batch_size)))
     c.optimizer = dict(name="adamw", lr=2e-4, b1=0.9, b2=0.99, eps=1e-8,
                        weight_decay=0.03, schedule="constant",
                        warmup_steps=500, end_lr_factor=1.0, grad_clip=0.0,
@@ -138,7 +157,8 @@ def get_config(arg=None):
   c.compute_dtype = "float32"
   c.progress = True
   c.data = dict(name="fashion_mnist", builder_config="full",
-                data_dir=config_dict.placeholder(str), prepare=True)
+                data_dir=config_dict.placeholder(str), prepare=True,
+                downsample=2 if c.model.input_size == 16 else 1)
   c.diffusion = dict(
       betas="linear" if c.model.name == "dit" else "scaled_linear",
       num_steps=1000, label_dropout=0.1,

@@ -76,14 +76,23 @@ class ImageToFloat(grain.transforms.Map):
 
   Fashion-MNIST's 28×28 becomes 32×32 with a 2-pixel black border (the
   background value, −1), the usual way to give it a power-of-two side for
-  patch-2 / ×2-upsampling diffusion backbones.
+  patch-2 / ×2-upsampling diffusion backbones. `downsample` = k first
+  averages k×k pixel blocks (28×28 → 14×14 for k = 2, then padded to 16×16):
+  the cheap small-image variant of the diffusion experiment.
   """
 
-  def __init__(self, size):
+  def __init__(self, size, downsample=1):
     self.size = size
+    self.downsample = downsample
 
   def map(self, element):
     image = np.asarray(element["image"], np.float32) / 127.5 - 1.0
+    k = self.downsample
+    if k > 1:
+      h, w, c = image.shape
+      if h % k or w % k:
+        raise ValueError(f"image {h}×{w} is not divisible by downsample={k}")
+      image = image.reshape(h // k, k, w // k, k, c).mean(axis=(1, 3))
     h, w = image.shape[:2]
     if h > self.size or w > self.size:
       raise ValueError(f"image {h}×{w} is larger than size {self.size}")

@@ -4,11 +4,12 @@ Inception features (the usual FID) need downloaded ImageNet weights and say
 little about 32×32 gray clothing; following the common practice for small
 datasets (and reference/diffusion.md §4.2) the features here are the
 penultimate layer (128-d, after ReLU) of a small CNN trained on the real
-training split. Its checkpoint is cached in the dataset's directory
-(`<tfds data_dir>/fashion_mnist_deb/<config>/<version>/fid_classifier.msgpack`)
-by `scripts/train_fid_classifier.py`, or on first use, with its test
-accuracy beside it (`fid_classifier.json`). Numbers are comparable only
-between runs that use the same classifier file.
+training split, one per image transform (32×32 padded, or 16×16
+downsampled). Its checkpoint is cached in the dataset's directory
+(`<tfds data_dir>/fashion_mnist_deb/<config>/<version>/fid_classifier.msgpack`,
+`fid_classifier_16px.msgpack` for 16×16) by `scripts/train_fid_classifier.py`,
+or on first use, with its test accuracy beside it (`.json`). Numbers are
+comparable only between runs that use the same classifier file.
 
   * FID (Heusel et al., 2017): ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁Σ₂)^{1/2}).
     Biased upwards at small n; compare only at equal sample counts.
@@ -43,8 +44,8 @@ CHECKPOINT = "fid_classifier.msgpack"
 
 
 class FeatureNet(nn.Module):
-  """Two conv-conv-pool stages and a 128-d hidden layer: [b, 32, 32, 1] in
-  [−1, 1] → (logits [b, 10], features [b, 128])."""
+  """Two conv-conv-pool stages and a 128-d hidden layer: [b, s, s, 1] in
+  [−1, 1] (s = 32 or 16) → (logits [b, 10], features [b, 128])."""
   num_classes: int = 10
 
   @nn.compact
@@ -66,13 +67,14 @@ def load_images(source, transform, limit=None):
 
 
 def train_feature_net(builder, *, steps=1500, batch_size=128, seed=0,
-                      image_size=32, progress=True):
+                      transform=None, progress=True):
   """Trains `FeatureNet` on the train split; returns (params, test accuracy).
 
   Adam 1e-3 with cosine decay, light augmentation (random 2-pixel shifts)
-  so the features do not key on exact pixel positions.
+  so the features do not key on exact pixel positions (1 pixel at 16×16).
   """
-  transform = pipeline.ImageToFloat(image_size)
+  transform = transform or pipeline.ImageToFloat(32)
+  shift = max(1, transform.size // 16)
   images, labels = load_images(builder.as_data_source(split="train"), transform)
   model = FeatureNet()
   params = model.init(jax.random.PRNGKey(seed), images[:1])["params"]
@@ -92,7 +94,7 @@ def train_feature_net(builder, *, steps=1500, batch_size=128, seed=0,
   for _ in tqdm.trange(steps, desc="fid classifier", disable=not progress,
                        mininterval=2.0):
     idx = rng.integers(0, len(images), batch_size)
-    dy, dx = rng.integers(-2, 3, 2)
+    dy, dx = rng.integers(-shift, shift + 1, 2)
     x = np.roll(images[idx], (dy, dx), axis=(1, 2))
     params, opt_state, _ = step(params, opt_state, x, labels[idx])
   test_images, test_labels = load_images(builder.as_data_source(split="test"),
@@ -103,7 +105,7 @@ def train_feature_net(builder, *, steps=1500, batch_size=128, seed=0,
 
 
 def apply_in_batches(params, images, batch_size=500):
-  """(logits, features) as numpy for images [n, 32, 32, 1] in [−1, 1]."""
+  """(logits, features) as numpy for images [n, s, s, 1] in [−1, 1]."""
   logits, features = [], []
   for start in range(0, len(images), batch_size):
     chunk = np.asarray(images[start:start + batch_size], np.float32)
@@ -119,13 +121,25 @@ def apply_in_batches(params, images, batch_size=500):
 _apply = jax.jit(lambda p, x: FeatureNet().apply({"params": p}, x))
 
 
-def load_or_train(builder, *, steps=1500, progress=True):
-  """The cached classifier's params for this builder's data (trained and
-  saved on first use); logs its test accuracy."""
-  path = os.path.join(builder.data_dir, CHECKPOINT)
-  info_path = os.path.join(builder.data_dir, "fid_classifier.json")
+def checkpoint_name(transform):
+  """The classifier file for images made by `transform` (an ImageToFloat)."""
+  if (transform.size, transform.downsample) == (32, 1):
+    return CHECKPOINT  # The original name, kept for cached files.
+  return (f"fid_classifier_{transform.size}px"
+          f"{'' if transform.downsample == 1 else f'_ds{transform.downsample}'}"
+          ".msgpack")
+
+
+def load_or_train(builder, *, transform=None, steps=1500, progress=True):
+  """The cached classifier's params for this builder's data as `transform`
+  (default: 32×32 padded) makes it (trained and saved on first use); logs
+  its test accuracy."""
+  transform = transform or pipeline.ImageToFloat(32)
+  path = os.path.join(builder.data_dir, checkpoint_name(transform))
+  info_path = path.replace(".msgpack", ".json")
+  size = transform.size
   template = FeatureNet().init(jax.random.PRNGKey(0),
-                               jnp.zeros((1, 32, 32, 1)))["params"]
+                               jnp.zeros((1, size, size, 1)))["params"]
   if os.path.exists(path):
     with open(path, "rb") as f:
       params = flax.serialization.from_bytes(template, f.read())
@@ -136,8 +150,9 @@ def load_or_train(builder, *, steps=1500, progress=True):
                path)
   start = time.time()
   params, accuracy = train_feature_net(builder, steps=steps,
-                                       progress=progress)
-  info = {"test_accuracy": accuracy, "steps": steps,
+                                       transform=transform, progress=progress)
+  info = {"test_accuracy": accuracy, "steps": steps, "image_size": size,
+          "downsample": transform.downsample,
           "train_time_sec": time.time() - start}
   if jax.process_index() == 0:
     with open(path + ".tmp", "wb") as f:

@@ -85,7 +85,8 @@ class DiffusionTask:
     self.shape = ((frames,) if frames else ()) + (self.size, self.size,
                                                   self.channels)
     self.transform = (pipeline.VideoToFloat() if frames else
-                      pipeline.ImageToFloat(self.size))
+                      pipeline.ImageToFloat(self.size,
+                                            config.data.get("downsample", 1)))
     if config.data.name == "fashion_mnist" and self.channels != 1:
       raise ConfigError(
           f"config.model.in_channels={self.channels}, but config.data "
@@ -268,7 +269,8 @@ def generate(task, params, *, num_samples, batch_size, seed=0, mesh=None,
 
 
 def save_grid(images, labels, path, per_class=10):
-  """One row per class, `per_class` samples each, as a gray PNG."""
+  """One row per class, `per_class` samples each, as a gray PNG (images
+  under 32 px are enlarged by pixel repetition to 32 px, to stay legible)."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   classes = np.unique(labels)
   rows = []
@@ -279,6 +281,8 @@ def save_grid(images, labels, path, per_class=10):
           (per_class - len(picked),) + picked.shape[1:], -1.0)])
     rows.append(np.concatenate(list(picked[..., 0]), axis=1))
   grid = np.concatenate(rows, axis=0)
+  scale = max(1, 32 // images.shape[1])
+  grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
   plt.imsave(path, (grid + 1) / 2, cmap="gray", vmin=0.0, vmax=1.0)
 
 
@@ -311,7 +315,8 @@ def evaluate_samples(task, params, builder, *, num_samples, batch_size,
   evaluation resume).
   """
   prefix = prefix or f"{sampler}_{num_steps}"
-  classifier, info = fid.load_or_train(builder, steps=classifier_steps,
+  classifier, info = fid.load_or_train(builder, transform=task.transform,
+                                       steps=classifier_steps,
                                        progress=progress)
   start = time.time()
   cache_dir = workdir and os.path.join(workdir, "samples", prefix)

@@ -15,7 +15,8 @@ from tests import conftest
 
 # One variant per distinct smoke model (the ImageNet presets share theirs).
 @pytest.mark.parametrize("variant", ["dit_xl2", "fmnist_dit", "fmnist_dit_tdln",
-                                     "dimr_xl2r", "fmnist_dimr"])
+                                     "dimr_xl2r", "fmnist_dimr",
+                                     "fmnist16_dimr"])
 def test_smoke_variant_runs_a_forward_pass(variant):
   config = diffusion.get_config(f"{variant},smoke")
   kwargs = config.model.to_dict()

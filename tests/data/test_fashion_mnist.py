@@ -97,3 +97,18 @@ def test_image_to_float_centres_28_in_32_and_scales_to_unit_range():
       )["image"][2:30, 2:30], 1.0)
   with pytest.raises(ValueError, match="larger"):
     pipeline.ImageToFloat(16).map({"image": image, "label": 0})
+
+
+def test_image_to_float_downsample_averages_2x2_blocks_then_pads_to_16():
+  image = np.random.default_rng(0).integers(0, 256, (28, 28, 1), np.uint8)
+  out = pipeline.ImageToFloat(16, downsample=2).map({"image": image,
+                                                      "label": 3})["image"]
+  assert out.shape == (16, 16, 1)
+  scaled = image.astype(np.float32) / 127.5 - 1.0
+  for i, j in ((0, 0), (5, 9), (13, 13)):  # Independent of the reshape.
+    np.testing.assert_allclose(out[1 + i, 1 + j, 0],
+                               scaled[2 * i:2 * i + 2, 2 * j:2 * j + 2].mean(),
+                               rtol=1e-6)
+  assert (out[0] == -1).all() and (out[:, 15] == -1).all()
+  with pytest.raises(ValueError, match="divisible"):
+    pipeline.ImageToFloat(16, downsample=3).map({"image": image, "label": 0})

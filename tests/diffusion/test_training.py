@@ -14,6 +14,7 @@ import pytest
 from configs import diffusion as diffusion_configs
 from efficient import models
 from efficient.data import fashion_mnist
+from efficient.data import pipeline
 from efficient.diffusion import dimr
 from efficient.diffusion import fid
 from efficient.diffusion import training
@@ -82,21 +83,25 @@ def test_imagenet_presets_refuse_fashion_mnist_with_a_named_key():
     training.DiffusionTask(config, model)
 
 
-def test_compute_budget_sets_matched_training_steps():
+@pytest.mark.parametrize("prefix,size,dit_steps", [("fmnist", 32, 2000),
+                                                  ("fmnist16", 16, 5000)])
+def test_compute_budget_sets_matched_training_steps(prefix, size, dit_steps):
   steps = {}
-  for variant in ("fmnist_dit", "fmnist_dit_tdln", "fmnist_dimr",
-                  "fmnist_dimr_adaln"):
-    config = diffusion_configs.get_config(variant)
-    _, task = _task(variant)  # Smoke-sized; the full model below.
+  for variant in ("dit", "dit_tdln", "dimr", "dimr_adaln"):
+    config = diffusion_configs.get_config(f"{prefix}_{variant}")
     kwargs = config.model.to_dict()
+    assert kwargs["input_size"] == size
     macs = training.forward_macs(models.get_model(kwargs.pop("name"),
                                                   **kwargs))
     steps[variant] = config.total_steps
     compute = 3 * macs * config.batch_size * config.total_steps / 1e12
-    assert abs(compute / diffusion_configs.DEFAULT_BUDGET_TMACS - 1) < 1e-3
-  assert abs(steps["fmnist_dit"] - 2000) <= 2
-  assert steps["fmnist_dimr"] < steps["fmnist_dit"]
+    assert abs(compute / diffusion_configs.DEFAULT_BUDGET_TMACS[size] - 1
+               ) < 1e-3
+  assert abs(steps["dit"] - dit_steps) <= 2
+  assert steps["dimr"] != steps["dit"]
+  _, task = _task(f"{prefix}_dimr")  # Smoke-sized.
   assert isinstance(task.model, dimr.DiMR)
+  assert task.transform.downsample == (2 if size == 16 else 1)
 
 
 def test_generate_is_deterministic_balanced_and_the_same_on_a_mesh():
@@ -210,22 +215,27 @@ def test_train_then_sample_cli_writes_scores_and_grids(fashion_dirs, tmp_path):
   # The classifier script first: the training run must reuse its cache.
   script = subprocess.run(
       [sys.executable, "scripts/train_fid_classifier.py", "--config=smoke",
-       "--steps=3", f"--data_dir={tfds_dir}"], cwd=conftest.REPO,
+       "--steps=3", "--image_size=16", "--downsample=2",
+       f"--data_dir={tfds_dir}"], cwd=conftest.REPO,
       env=conftest.subprocess_env(devices=1, **env), capture_output=True,
       text=True, timeout=300, check=False)
   assert script.returncode == 0, script.stderr[-2000:]
   info = json.loads(script.stdout[script.stdout.index("{"):])
   assert info["steps"] == 3 and 0.0 <= info["test_accuracy"] <= 1.0
+  assert info["checkpoint"].endswith("fid_classifier_16px_ds2.msgpack")
   assert os.path.exists(info["checkpoint"])
   params, cached = fid.load_or_train(
-      fashion_mnist.FashionMnistDeb(config="smoke", data_dir=tfds_dir))
+      fashion_mnist.FashionMnistDeb(config="smoke", data_dir=tfds_dir),
+      transform=pipeline.ImageToFloat(16, downsample=2))
   assert cached == {k: info[k] for k in cached}
-  logits, features = fid.apply_in_batches(params, np.zeros((3, 32, 32, 1)))
+  assert cached["image_size"] == 16
+  logits, features = fid.apply_in_batches(params, np.zeros((3, 16, 16, 1)))
   assert logits.shape == (3, 10) and features.shape == (3, fid.FEATURE_DIM)
 
   workdir = tmp_path / "run"
   result = conftest.run_module(
-      "experiments.train", "--config=configs/diffusion.py:fmnist_dit_tdln,smoke",
+      "experiments.train",
+      "--config=configs/diffusion.py:fmnist16_dit_tdln,smoke",
       f"--workdir={workdir}", "--config.mesh=(('data',2),('fsdp',1),('model',1))",
       devices=2, timeout=600, **env)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -237,7 +247,7 @@ def test_train_then_sample_cli_writes_scores_and_grids(fashion_dirs, tmp_path):
     assert np.isfinite(results[key]), key
   assert results["dpm_solver_pp_2/num_samples"] == 16
   grid = matplotlib.image.imread(workdir / "dpm_solver_pp_2_samples.png")
-  assert grid.shape[:2] == (10 * 32, 10 * 32)
+  assert grid.shape[:2] == (10 * 32, 10 * 32)  # 16 px shown at 2×.
   assert results["fid_classifier/test_accuracy"] == info["test_accuracy"]
   assert "Training the FID classifier" not in result.stderr  # Cached.
   metrics = [json.loads(l) for l in
