@@ -30,9 +30,20 @@ digits, `]` (16 ids). The token count equals the spec's length.
 Build (progress bars while drawing trees and writing):
 
   python -m efficient.data.listops --config=lra [--data_dir=DIR]
+
+Drawing LRA's 100k trees takes 5-10 minutes of one Python thread. To build
+the same dataset on a machine with little time (a lent GPU), export the
+expressions once (45 MB: 4-bit tokens, xz) and build from the file; the
+labels and source strings are recomputed from the tokens, so the result is
+the drawn dataset, file for file:
+
+  python -m efficient.data.listops --config=lra --export=listops_lra.npz.xz
+  python -m efficient.data.listops --config=lra --from_file=listops_lra.npz.xz
 """
 import argparse
 import dataclasses
+import io
+import lzma
 import random
 
 import numpy as np
@@ -130,6 +141,57 @@ def detokenize(ids):
   return " ".join(VOCAB[i] for i in ids if i != 0)
 
 
+def parse(ids):
+  """Token ids → the tree `generate_tree` drew (inverse of tokenize∘to_string).
+
+  An operator opens a node whose arguments run to its `]`.
+  """
+  tokens = [VOCAB[i] for i in ids]
+  position = 0
+
+  def node():
+    nonlocal position
+    token = tokens[position]
+    position += 1
+    if token not in OPERATORS:
+      return int(token)
+    tree = token
+    while tokens[position] != END:
+      tree = (tree, node())
+    position += 1
+    return (tree, END)
+
+  tree = node()
+  if position != len(tokens):
+    raise ValueError(f"trailing tokens after position {position}")
+  return tree
+
+
+def save_expressions(token_lists, path):
+  """Writes token sequences as 4-bit codes + lengths, xz-compressed."""
+  lengths = np.array([len(t) for t in token_lists], np.uint16)
+  flat = np.concatenate(token_lists).astype(np.uint8)
+  flat = np.pad(flat, (0, len(flat) % 2))
+  buffer = io.BytesIO()
+  np.savez(buffer, lengths=lengths, packed=(flat[0::2] << 4) | flat[1::2])
+  with lzma.open(path, "wb") as f:
+    f.write(buffer.getvalue())
+
+
+def load_expressions(path):
+  """(expression string, label) pairs from `save_expressions`' file."""
+  with lzma.open(path, "rb") as f:
+    data = np.load(io.BytesIO(f.read()))
+  packed, lengths = data["packed"], data["lengths"].astype(np.int64)
+  flat = np.stack([packed >> 4, packed & 15], axis=1).reshape(-1)
+  ends = np.cumsum(lengths)
+  out = []
+  for start, end in zip(ends - lengths, ends):
+    tree = parse(flat[start:end])
+    out.append((to_string(tree), to_value(tree)))
+  return out
+
+
 @dataclasses.dataclass
 class ListOpsConfig(tfds.core.BuilderConfig):
   """Sizes and generator parameters of one ListOps variant."""
@@ -144,7 +206,13 @@ class ListOpsConfig(tfds.core.BuilderConfig):
 
 
 class ListOps(tfds.core.GeneratorBasedBuilder):
-  """LRA ListOps; configs `lra` (the benchmark), `quick` and `smoke`."""
+  """LRA ListOps; configs `lra` (the benchmark), `quick` and `smoke`.
+
+  `expressions_file` (set before `download_and_prepare`): build from
+  `save_expressions`' file instead of drawing the trees.
+  """
+
+  expressions_file = None
 
   name = "listops"
   VERSION = tfds.core.Version("1.0.0")
@@ -179,9 +247,17 @@ class ListOps(tfds.core.GeneratorBasedBuilder):
     c = self.builder_config
     sizes = {"train": c.num_train, "validation": c.num_validation,
              "test": c.num_test}
-    expressions = generate_expressions(
-        sum(sizes.values()), min_length=c.min_length, max_length=c.max_length,
-        max_depth=c.max_depth, max_args=c.max_args, seed=c.seed)
+    if self.expressions_file:
+      expressions = load_expressions(self.expressions_file)
+      if len(expressions) != sum(sizes.values()):
+        raise ValueError(f"{self.expressions_file} holds {len(expressions)} "
+                         f"expressions; config {c.name} needs "
+                         f"{sum(sizes.values())}")
+    else:
+      expressions = generate_expressions(
+          sum(sizes.values()), min_length=c.min_length,
+          max_length=c.max_length, max_depth=c.max_depth,
+          max_args=c.max_args, seed=c.seed)
     splits, start = {}, 0
     for name, size in sizes.items():
       splits[name] = self._generate_examples(expressions[start:start + size])
@@ -193,12 +269,28 @@ class ListOps(tfds.core.GeneratorBasedBuilder):
       yield i, {"tokens": tokenize(text), "label": label, "source": text}
 
 
-def build(config="lra", data_dir=None):
+def build(config="lra", data_dir=None, expressions_file=None):
   """Builds (if needed) and returns the array_record ListOps builder."""
   builder = ListOps(config=config, data_dir=data_dir,
                     file_format="array_record")
+  builder.expressions_file = expressions_file
   builder.download_and_prepare()
   return builder
+
+
+def export(config, path):
+  """Draws a config's expressions (train, validation, test, in the order
+  the builder assigns them) and writes them with `save_expressions`.
+
+  Drawn anew rather than read from a built dataset: tfds stores examples in
+  the hashed order of their keys, not in the order they were drawn.
+  """
+  c = config
+  expressions = generate_expressions(
+      c.num_train + c.num_validation + c.num_test, min_length=c.min_length,
+      max_length=c.max_length, max_depth=c.max_depth, max_args=c.max_args,
+      seed=c.seed)
+  save_expressions([tokenize(text) for text, _ in expressions], path)
 
 
 def describe(builder):
@@ -222,8 +314,17 @@ if __name__ == "__main__":
                       choices=[c.name for c in ListOps.BUILDER_CONFIGS])
   parser.add_argument("--data_dir", default=None,
                       help="default: $TFDS_DATA_DIR or ~/tensorflow_datasets")
+  parser.add_argument("--export", default=None,
+                      help="draw the config's expressions (all splits, in "
+                      "order), write them to this file, and stop")
+  parser.add_argument("--from_file", default=None,
+                      help="build from an --export file instead of drawing")
   args = parser.parse_args()
-  built = build(args.config, args.data_dir)
+  if args.export:
+    export(ListOps.builder_configs[args.config], args.export)
+    print(f"wrote {args.export}")
+    raise SystemExit(0)
+  built = build(args.config, args.data_dir, args.from_file)
   print(f"built in {built.data_dir}")
   for split_name, stats in describe(built).items():
     print(split_name, stats)

@@ -86,6 +86,33 @@ def test_same_seed_gives_byte_identical_data(tmp_path):
   assert other != same
 
 
+def test_export_then_build_from_file_gives_the_same_files(tmp_path):
+  config = listops.ListOpsConfig(name="tiny", num_train=40, num_validation=5,
+                                 num_test=5, min_length=5, max_length=60,
+                                 seed=3)
+  drawn = listops.build(config, data_dir=str(tmp_path / "drawn"))
+  path = tmp_path / "tiny.npz.xz"
+  listops.export(config, path)
+  listops.build(config, data_dir=str(tmp_path / "file"),
+                expressions_file=str(path))
+  files = [{p.name: p.read_bytes() for p in sorted(
+      (tmp_path / run).rglob("*.array_record*"))} for run in ("drawn", "file")]
+  assert files[0] and files[0] == files[1]
+  with pytest.raises(ValueError, match="holds 50 expressions"):
+    listops.build(listops.ListOpsConfig(name="tiny2", num_train=41,
+                                        num_validation=5, num_test=5),
+                  data_dir=str(tmp_path / "bad"), expressions_file=str(path))
+
+
+def test_parse_inverts_tokenize_of_the_string_form():
+  rng = random.Random(0)
+  for _ in range(200):
+    tree, _ = listops.generate_tree(rng, max_depth=6, max_args=5)
+    assert listops.parse(listops.tokenize(listops.to_string(tree))) == tree
+  with pytest.raises(ValueError, match="trailing"):
+    listops.parse(listops.tokenize("[MAX 1 2 ] 3"))
+
+
 def test_generate_tree_draws_children_before_the_operator():
   # Re-simulate the generator's draws by hand for a seed whose root is an op.
   seed = next(s for s in range(100)

@@ -1,4 +1,4 @@
-"""pallas_kernels/mra_attention: kernels (Pallas interpreter) = reference.
+"""pallas_kernels/mra_attention: kernels = reference (interpreted on CPU).
 
 Forward outputs and gradients through the custom backward against the
 dense reference and its autodiff, for random selections, one block per row,
@@ -13,6 +13,7 @@ import pytest
 
 from pallas_kernels import mra_attention as kernels
 from pallas_kernels.mra_attention import reference
+from tests.pallas_kernels import interpret
 
 # Tolerances per dtype (max abs error relative to the reference's max abs):
 # fp32 differs only by summation order; bf16 inputs and bf16 P·V products
@@ -61,7 +62,7 @@ def test_forward_and_gradients_match_the_reference(groups, n, d, block, kind,
                                         ("all", jnp.float32),
                                         ("one_per_row", jnp.bfloat16)])
 def test_tpu_variant_matches_the_reference(kind, dtype):
-  """The Mosaic (scalar-prefetch) kernels of tpu.py, interpreted."""
+  """The Mosaic (scalar-prefetch) kernels of tpu.py (interpreted off TPU)."""
   _check_against_reference(2, 64, 16, 16, kind, dtype, platform="tpu")
 
 
@@ -73,7 +74,8 @@ def _check_against_reference(groups, n, d, block, kind, dtype, platform):
 
   def run_kernel(q, k, v):
     return kernels.mra_block_sparse(q, k, v, mask, selected,
-                                    block_sizes=sizes, interpret=True,
+                                    block_sizes=sizes,
+                                    interpret=interpret(platform),
                                     platform=platform)
 
   def run_reference(q, k, v):
@@ -103,7 +105,7 @@ def test_all_blocks_give_softmax_attention():
   selected = jnp.ones((2, 4, 4), bool)
   out, norm, _ = kernels.mra_block_sparse(
       q, k, v, mask, selected, block_sizes=kernels.BlockSizes(16),
-      interpret=True)
+      interpret=interpret())
   want = jax.nn.dot_product_attention(
       q[:, :, None], k[:, :, None], v[:, :, None],
       mask=mask.astype(bool)[:, None, None, :])[:, :, 0]
@@ -115,7 +117,7 @@ def test_rows_without_blocks_output_zero_and_the_empty_max():
   selected = jnp.asarray([[[True, False], [False, False]]])
   out, norm, row_max = kernels.mra_block_sparse(
       q, k, v, mask, selected, block_sizes=kernels.BlockSizes(16),
-      interpret=True)
+      interpret=interpret())
   assert float(jnp.abs(out[0, 16:]).max()) == 0.0
   assert float(jnp.abs(norm[0, 16:]).max()) == 0.0
   assert float(row_max[0, 16:].max()) == reference.EMPTY_ROW_MAX
@@ -134,7 +136,7 @@ def test_block_lists_and_refusals():
     kernels.mra_block_sparse(q, q, q, jnp.ones((1, 40)),
                              jnp.ones((1, 2, 2), bool),
                              block_sizes=kernels.BlockSizes(16),
-                             interpret=True)
+                             interpret=interpret())
   with pytest.raises(ValueError, match="power of two"):
     kernels.BlockSizes(block=24)
 

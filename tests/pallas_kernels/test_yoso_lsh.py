@@ -1,4 +1,4 @@
-"""pallas_kernels/yoso_lsh: kernels (Pallas interpreter) = reference.
+"""pallas_kernels/yoso_lsh: kernels = reference (interpreted on CPU).
 
 Hash codes, the bucket cumulation (= the dense collision matrix times V)
 and the LSH backward, on random inputs with ragged lengths, padded tokens,
@@ -13,6 +13,7 @@ import pytest
 from efficient.attention import yoso
 from pallas_kernels import yoso_lsh
 from pallas_kernels.yoso_lsh import reference
+from tests.pallas_kernels import interpret
 
 SIZES = yoso_lsh.BlockSizes(block=16)
 
@@ -41,7 +42,7 @@ def test_hash_codes_match_the_reference_and_the_xla_path(hashing):
   rotation = yoso.hash_rotation(jax.random.PRNGKey(1), (2,), 16,
                                 num_hashes=4, hash_bits=5, hashing=hashing)
   codes = yoso_lsh.hash_codes(q, rotation, hash_bits=5, num_hashes=4,
-                              block_sizes=SIZES, interpret=True)
+                              block_sizes=SIZES, interpret=interpret())
   assert codes.shape == (2, 4, 37)
   padded = jnp.pad(q, ((0, 0), (0, 0), (0, rotation.shape[1] - 16)))
   np.testing.assert_array_equal(codes, reference.hash_codes(padded, rotation,
@@ -60,7 +61,7 @@ def test_cumulation_and_backward_match_the_reference(dtype, tol):
       4) for x in (q, k))
   run = lambda q, k, v: yoso_lsh.yoso_lsh_cumulation(
       q, k, v, q_codes, k_codes, mask, mask, hash_bits=5, block_sizes=SIZES,
-      interpret=True)
+      interpret=interpret())
   out = run(q, k, v)
   want = reference.cumulation(q_codes, k_codes, mask, mask, v, 5)
   dense = reference.collision_matrix(q_codes, k_codes, mask, mask) @ v.astype(
@@ -94,7 +95,7 @@ def test_extreme_collision_patterns(pattern):
   k_codes = q_codes if pattern == "all_collide" else q_codes + 1
   out = yoso_lsh.yoso_lsh_cumulation(q, k, v, q_codes, k_codes, mask, mask,
                                      hash_bits=5, block_sizes=SIZES,
-                                     interpret=True)
+                                     interpret=interpret())
   if pattern == "none_collide":
     np.testing.assert_array_equal(out, 0.0)
   else:  # Every query reads the sum of all real values.

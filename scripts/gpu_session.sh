@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The work prepared for a lent GPU (the `device` tool: about 15 minutes of
+# device time a session, at most 10 a call, nothing installable there).
+#
+# Here, once (pip and the local data are needed):
+#   bash scripts/gpu_session.sh kit
+#     -> device_kit/wheels/*.whl   the packages the device image lacks
+#        device_kit/listops_lra.npz.xz   LRA ListOps' 100k expressions (45 MB;
+#        drawing them there would take 5-10 minutes of the lease)
+# There (carry device_kit; each mode fits one call; outputs under $OUT):
+#   bash scripts/gpu_session.sh kernels        # Pallas kernels compiled for the
+#       GPU against their references (tests/pallas_kernels), then
+#       scripts/bench_kernels.py (issue 4's figures)
+#   bash scripts/gpu_session.sh lra [METHOD...]  # LRA ListOps, the papers'
+#       harness, 5,000 steps per method (default: all four), each run
+#       time-boxed by $LRA_SECONDS (default 150); a run cut short keeps its
+#       metrics.jsonl, which says exactly how far it got
+# Here again, GPU_SESSION_SMOKE=1 PY=.venv/bin/python runs either mode on tiny
+# settings (the CPU dry run that tests/scripts/test_gpu_session.py does).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-}
+shift || true
+KIT=device_kit
+OUT=${OUT:-gpu_out}
+PY=${PY:-python3}
+SMOKE=${GPU_SESSION_SMOKE:-0}
+mkdir -p "$OUT"
+
+WHEELS="tensorflow-datasets==4.9.10 grain==0.2.18 array-record==0.8.6
+ml-collections==1.1.0 tensorboardX==2.6.5 importlib_resources==7.1.0
+dm-tree==0.1.10 immutabledict==4.3.1 promise==2.3 simple_parsing==0.1.9
+tensorflow-metadata==1.21.0 termcolor==3.3.0 toml==0.10.2 portpicker==1.6.0
+docstring-parser==0.18.0 googleapis-common-protos==1.76.0"
+
+kit() {
+  mkdir -p "$KIT/wheels"
+  for w in $WHEELS; do  # The device's Python is 3.12; promise has no wheel.
+    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+      --implementation cp --platform manylinux_2_28_x86_64 \
+      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+      -d "$KIT/wheels" "$w" 2>/dev/null ||
+      "$PY" -m pip wheel -q --no-deps -w "$KIT/wheels" "$w"
+  done
+  [ -f "$KIT/listops_lra.npz.xz" ] ||
+    "$PY" -m efficient.data.listops --config=lra --export="$KIT/listops_lra.npz.xz"
+  du -sh "$KIT"/*
+}
+
+setup() {  # On the device: the carried wheels, this checkout on the path.
+  if [ -d "$KIT/wheels" ] && [ "$SMOKE" = 0 ]; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+      --upgrade --target /tmp/site "$KIT"/wheels/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD
+  else
+    export PYTHONPATH=$PWD
+  fi
+  { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version \
+      --format=csv 2>/dev/null; "$PY" -c "import jax, flax; print('jax', \
+jax.__version__, 'flax', flax.__version__, jax.devices())"; } | tee "$OUT/device.txt"
+}
+
+kernels() {
+  local select=() bench=(--lengths 4096,16384,65536)
+  if [ "$SMOKE" = 1 ]; then
+    select=(-k "all_blocks_give_softmax")
+    bench=(--lengths 256 --repeats 1 --methods softmax,mra_xla)
+  fi
+  timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/pallas_kernels \
+    "${select[@]}" > "$OUT/pallas_tests.log" 2>&1
+  echo "pallas tests: exit $? ($(tail -1 "$OUT/pallas_tests.log"))"
+  timeout 300 "$PY" scripts/bench_kernels.py "${bench[@]}" \
+    --out "$OUT/bench_kernels_gpu.json" > "$OUT/bench_kernels.log" 2>&1
+  echo "bench_kernels: exit $?"
+  tail -25 "$OUT/bench_kernels.log"
+}
+
+lra() {
+  local methods=("$@") data=${TFDS_DATA_DIR:-/tmp/tfds} config=lra suffix=""
+  [ ${#methods[@]} -eq 0 ] && methods=(softmax nystrom yoso mra)
+  [ "$SMOKE" = 1 ] && { config=smoke; suffix=",smoke"; }
+  export TFDS_DATA_DIR=$data
+  local from=()
+  [ "$config" = lra ] && from=(--from_file="$KIT/listops_lra.npz.xz")
+  SECONDS=0
+  "$PY" -m efficient.data.listops --config=$config --data_dir=$data "${from[@]}" \
+    > "$OUT/listops_build.log" 2>&1 || { tail -20 "$OUT/listops_build.log"; exit 1; }
+  echo "ListOps ($config) built in ${SECONDS}s"
+  for m in "${methods[@]}"; do
+    local workdir=${RUNS:-/tmp/runs}/lra_listops_$m
+    SECONDS=0
+    timeout "${LRA_SECONDS:-150}" "$PY" -m experiments.train \
+      --config=configs/listops.py:$m$suffix --workdir=$workdir \
+      --config.progress=False > "$OUT/lra_listops_$m.log" 2>&1
+    local code=$?
+    mkdir -p "$OUT/lra_listops_$m"
+    cp $workdir/{config.json,metrics.jsonl,results.json} "$OUT/lra_listops_$m/" 2>/dev/null
+    echo "$m: exit $code after ${SECONDS}s; last record: $(tail -1 $workdir/metrics.jsonl 2>/dev/null | cut -c1-160)"
+  done
+}
+
+case "$mode" in
+  kit) kit ;;
+  kernels) setup; kernels ;;
+  lra) setup; lra "$@" ;;
+  *) echo "usage: bash scripts/gpu_session.sh kit|kernels|lra [METHOD...]" >&2
+     exit 2 ;;
+esac

@@ -1,0 +1,40 @@
+"""scripts/gpu_session.sh, dry-run on the CPU with tiny settings: the
+commands a lent GPU will run (kernel tests + benchmark; LRA runs) work and
+leave their outputs where the script says."""
+import json
+import os
+import subprocess
+import sys
+
+from tests import conftest
+
+
+def _run(tmp_path, *args):
+  env = dict(os.environ, GPU_SESSION_SMOKE="1", PY=sys.executable,
+             OUT=str(tmp_path / "out"), TFDS_DATA_DIR=str(tmp_path / "tfds"),
+             RUNS=str(tmp_path / "runs"), JAX_PLATFORMS="cpu")
+  result = subprocess.run(["bash", "scripts/gpu_session.sh", *args],
+                          cwd=conftest.REPO, env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  return result.stdout
+
+
+def test_kernels_then_lra_modes_write_their_outputs(tmp_path):
+  out = _run(tmp_path, "kernels")
+  assert "pallas tests: exit 0 (1 passed" in out
+  bench = json.loads((tmp_path / "out/bench_kernels_gpu.json").read_text())
+  assert {r["method"] for r in bench} == {"softmax", "mra_xla"}
+  out = _run(tmp_path, "lra", "softmax")
+  assert "softmax: exit 0" in out
+  results = json.loads(
+      (tmp_path / "out/lra_listops_softmax/results.json").read_text())
+  assert 0 <= results["test/accuracy"] <= 1
+  assert "jax" in (tmp_path / "out/device.txt").read_text()
+
+
+def test_unknown_mode_prints_usage():
+  result = subprocess.run(["bash", "scripts/gpu_session.sh", "train"],
+                          cwd=conftest.REPO, capture_output=True, text=True,
+                          check=False)
+  assert result.returncode == 2 and "usage:" in result.stderr
