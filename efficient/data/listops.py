@@ -44,6 +44,8 @@ import argparse
 import dataclasses
 import io
 import lzma
+import multiprocessing
+import os
 import random
 
 import numpy as np
@@ -91,8 +93,11 @@ def _apply(op, args):
     return min(args)
   if op == "[MAX":
     return max(args)
-  if op == "[MED":
-    return int(np.median(args))
+  if op == "[MED":  # int(np.median(args)), without numpy's overhead.
+    ordered, half = sorted(args), len(args) // 2
+    if len(args) % 2:
+      return ordered[half]
+    return int((ordered[half - 1] + ordered[half]) / 2)
   return sum(args) % 10  # [SM
 
 
@@ -141,30 +146,25 @@ def detokenize(ids):
   return " ".join(VOCAB[i] for i in ids if i != 0)
 
 
-def parse(ids):
-  """Token ids → the tree `generate_tree` drew (inverse of tokenize∘to_string).
-
-  An operator opens a node whose arguments run to its `]`.
-  """
-  tokens = [VOCAB[i] for i in ids]
-  position = 0
-
-  def node():
-    nonlocal position
-    token = tokens[position]
-    position += 1
-    if token not in OPERATORS:
-      return int(token)
-    tree = token
-    while tokens[position] != END:
-      tree = (tree, node())
-    position += 1
-    return (tree, END)
-
-  tree = node()
-  if position != len(tokens):
-    raise ValueError(f"trailing tokens after position {position}")
-  return tree
+def from_tokens(ids):
+  """Token ids → (LRA string form, label): `to_string` and `to_value` of the
+  tree that `tokenize` flattened, in one pass over the tokens (an operator
+  opens a node, `]` closes it) without building the tree."""
+  stack = [[None, [], []]]  # Per open node: operator, argument strings, values.
+  for token in (VOCAB[i] for i in np.asarray(ids).tolist()):
+    if token in OPERATORS:
+      stack.append([token, [], []])
+    elif token == END:
+      op, strings, values = stack.pop()
+      stack[-1][1].append("( " * (len(strings) + 1) + op + " " +
+                          " ) ".join(strings) + " ) ] )")
+      stack[-1][2].append(_apply(op, values))
+    else:
+      stack[-1][1].append(token)
+      stack[-1][2].append(int(token))
+  if len(stack) != 1 or len(stack[0][1]) != 1:
+    raise ValueError("not one complete expression")
+  return stack[0][1][0], stack[0][2][0]
 
 
 def save_expressions(token_lists, path):
@@ -178,18 +178,20 @@ def save_expressions(token_lists, path):
     f.write(buffer.getvalue())
 
 
-def load_expressions(path):
-  """(expression string, label) pairs from `save_expressions`' file."""
+def load_expressions(path, processes=None):
+  """(expression string, label) pairs from `save_expressions`' file, decoded
+  by `processes` worker processes (default: one per CPU)."""
   with lzma.open(path, "rb") as f:
     data = np.load(io.BytesIO(f.read()))
   packed, lengths = data["packed"], data["lengths"].astype(np.int64)
   flat = np.stack([packed >> 4, packed & 15], axis=1).reshape(-1)
   ends = np.cumsum(lengths)
-  out = []
-  for start, end in zip(ends - lengths, ends):
-    tree = parse(flat[start:end])
-    out.append((to_string(tree), to_value(tree)))
-  return out
+  pieces = [flat[start:end] for start, end in zip(ends - lengths, ends)]
+  processes = processes or os.cpu_count() or 1
+  if processes == 1 or len(pieces) < 1000:
+    return [from_tokens(piece) for piece in pieces]
+  with multiprocessing.get_context("fork").Pool(processes) as pool:
+    return pool.map(from_tokens, pieces, chunksize=500)
 
 
 @dataclasses.dataclass

@@ -104,13 +104,23 @@ def test_export_then_build_from_file_gives_the_same_files(tmp_path):
                   data_dir=str(tmp_path / "bad"), expressions_file=str(path))
 
 
-def test_parse_inverts_tokenize_of_the_string_form():
+def test_load_expressions_in_worker_processes_keeps_the_order(tmp_path):
+  drawn = listops.generate_expressions(1200, min_length=5, max_length=40,
+                                       seed=1, progress=False)
+  path = tmp_path / "e.npz.xz"
+  listops.save_expressions([listops.tokenize(t) for t, _ in drawn], path)
+  assert listops.load_expressions(path, processes=2) == drawn
+
+
+def test_from_tokens_gives_the_string_form_and_value_of_the_tree():
   rng = random.Random(0)
-  for _ in range(200):
+  for _ in range(300):
     tree, _ = listops.generate_tree(rng, max_depth=6, max_args=5)
-    assert listops.parse(listops.tokenize(listops.to_string(tree))) == tree
-  with pytest.raises(ValueError, match="trailing"):
-    listops.parse(listops.tokenize("[MAX 1 2 ] 3"))
+    assert listops.from_tokens(listops.tokenize(listops.to_string(tree))) == (
+        listops.to_string(tree), listops.to_value(tree))
+  for bad in ("[MAX 1 2 ] 3", "[MAX 1 2"):
+    with pytest.raises(ValueError, match="one complete"):
+      listops.from_tokens(listops.tokenize(bad))
 
 
 def test_generate_tree_draws_children_before_the_operator():
