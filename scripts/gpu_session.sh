@@ -5,8 +5,8 @@
 # Here, once (pip and the local data are needed):
 #   bash scripts/gpu_session.sh kit
 #     -> device_kit/wheels/*.whl   the packages the device image lacks
-#        device_kit/listops_lra.npz.xz   LRA ListOps' 100k expressions (45 MB;
-#        drawing them there would take 5-10 minutes of the lease)
+#        device_kit/listops_lra.npz.xz   LRA ListOps' 100k expressions (50 MB;
+#        drawing them there would take 5-30 minutes of the lease)
 # There (carry device_kit; each mode fits one call; outputs under $OUT):
 #   bash scripts/gpu_session.sh kernels        # Pallas kernels compiled for the
 #       GPU against their references (tests/pallas_kernels), then

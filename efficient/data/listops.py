@@ -31,11 +31,11 @@ Build (progress bars while drawing trees and writing):
 
   python -m efficient.data.listops --config=lra [--data_dir=DIR]
 
-Drawing LRA's 100k trees takes 5-10 minutes of one Python thread. To build
+Drawing LRA's 100k trees takes one Python thread 5-30 minutes. To build
 the same dataset on a machine with little time (a lent GPU), export the
-expressions once (45 MB: 4-bit tokens, xz) and build from the file; the
-labels and source strings are recomputed from the tokens, so the result is
-the drawn dataset, file for file:
+expressions once (50 MB: 4-bit tokens, xz) and build from the file (decoded
+by one process per core); the labels and source strings are recomputed
+from the tokens, so the result is the drawn dataset, example for example:
 
   python -m efficient.data.listops --config=lra --export=listops_lra.npz.xz
   python -m efficient.data.listops --config=lra --from_file=listops_lra.npz.xz
