@@ -136,6 +136,15 @@ def generate_expressions(num, *, min_length, max_length, max_depth=10,
   return out
 
 
+def draw(config):
+  """All of a config's expressions, train then validation then test."""
+  c = config
+  return generate_expressions(
+      c.num_train + c.num_validation + c.num_test, min_length=c.min_length,
+      max_length=c.max_length, max_depth=c.max_depth, max_args=c.max_args,
+      seed=c.seed)
+
+
 def tokenize(expression):
   """Expression string -> int32 ids (parentheses dropped, `]` kept)."""
   return np.array([_IDS[t] for t in expression.split() if t not in "()"],
@@ -256,10 +265,7 @@ class ListOps(tfds.core.GeneratorBasedBuilder):
                          f"expressions; config {c.name} needs "
                          f"{sum(sizes.values())}")
     else:
-      expressions = generate_expressions(
-          sum(sizes.values()), min_length=c.min_length,
-          max_length=c.max_length, max_depth=c.max_depth,
-          max_args=c.max_args, seed=c.seed)
+      expressions = draw(c)
     splits, start = {}, 0
     for name, size in sizes.items():
       splits[name] = self._generate_examples(expressions[start:start + size])
@@ -287,12 +293,7 @@ def export(config, path):
   Drawn anew rather than read from a built dataset: tfds stores examples in
   the hashed order of their keys, not in the order they were drawn.
   """
-  c = config
-  expressions = generate_expressions(
-      c.num_train + c.num_validation + c.num_test, min_length=c.min_length,
-      max_length=c.max_length, max_depth=c.max_depth, max_args=c.max_args,
-      seed=c.seed)
-  save_expressions([tokenize(text) for text, _ in expressions], path)
+  save_expressions([tokenize(text) for text, _ in draw(config)], path)
 
 
 def describe(builder):
