@@ -15,6 +15,9 @@
 #       harness, 5,000 steps per method (default: all four), each run
 #       time-boxed by $LRA_SECONDS (default 150); a run cut short keeps its
 #       metrics.jsonl, which says exactly how far it got
+#   DEADLINE=540 bash scripts/gpu_session.sh all [METHOD...]   # both in one
+#       call: kernels (tests 120 s, bench 200 s) while ListOps builds on the
+#       CPU, then LRA runs (default softmax nystrom) sharing the time left
 # Here again, GPU_SESSION_SMOKE=1 PY=.venv/bin/python runs either mode on tiny
 # settings (the CPU dry run that tests/scripts/test_gpu_session.py does).
 set -uo pipefail
@@ -25,6 +28,7 @@ KIT=device_kit
 OUT=${OUT:-gpu_out}
 PY=${PY:-python3}
 SMOKE=${GPU_SESSION_SMOKE:-0}
+export TFDS_DATA_DIR=${TFDS_DATA_DIR:-/tmp/tfds}
 mkdir -p "$OUT"
 
 WHEELS="tensorflow-datasets==4.9.10 grain==0.2.18 array-record==0.8.6
@@ -61,48 +65,72 @@ jax.__version__, 'flax', flax.__version__, jax.devices())"; } | tee "$OUT/device
 }
 
 kernels() {
-  local select=() bench=(--lengths 4096,16384,65536)
+  local select=() bench=(--lengths 16384,4096,65536)
   if [ "$SMOKE" = 1 ]; then
     select=(-k "all_blocks_give_softmax")
     bench=(--lengths 256 --repeats 1 --methods softmax,mra_xla)
   fi
-  timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/pallas_kernels \
-    "${select[@]}" > "$OUT/pallas_tests.log" 2>&1
-  echo "pallas tests: exit $? ($(tail -1 "$OUT/pallas_tests.log"))"
-  timeout 300 "$PY" scripts/bench_kernels.py "${bench[@]}" \
+  timeout "${KERNEL_TEST_SECONDS:-240}" "$PY" -m pytest -v -p no:cacheprovider \
+    tests/pallas_kernels "${select[@]}" > "$OUT/pallas_tests.log" 2>&1
+  echo "pallas tests: exit $? ($(tail -1 "$OUT/pallas_tests.log" | sed "s/=//g; s/^ *//; s/ *$//"))"
+  grep -E "^(FAILED|ERROR)" "$OUT/pallas_tests.log" | cut -c1-220 | head -12
+  timeout "${BENCH_SECONDS:-300}" "$PY" scripts/bench_kernels.py "${bench[@]}" \
     --out "$OUT/bench_kernels_gpu.json" > "$OUT/bench_kernels.log" 2>&1
   echo "bench_kernels: exit $?"
   tail -25 "$OUT/bench_kernels.log"
 }
 
-lra() {
-  local methods=("$@") data=${TFDS_DATA_DIR:-/tmp/tfds} config=lra suffix=""
-  [ ${#methods[@]} -eq 0 ] && methods=(softmax nystrom yoso mra)
-  [ "$SMOKE" = 1 ] && { config=smoke; suffix=",smoke"; }
-  export TFDS_DATA_DIR=$data
-  local from=()
-  [ "$config" = lra ] && from=(--from_file="$KIT/listops_lra.npz.xz")
-  SECONDS=0
-  "$PY" -m efficient.data.listops --config=$config --data_dir=$data "${from[@]}" \
-    > "$OUT/listops_build.log" 2>&1 || { tail -20 "$OUT/listops_build.log"; exit 1; }
-  echo "ListOps ($config) built in ${SECONDS}s"
-  for m in "${methods[@]}"; do
-    local workdir=${RUNS:-/tmp/runs}/lra_listops_$m
-    SECONDS=0
+build_listops() {  # tfds ListOps (LRA from the carried file; smoke: drawn)
+  local config=lra from=(--from_file="$KIT/listops_lra.npz.xz") t0=$SECONDS
+  [ "$SMOKE" = 1 ] && { config=smoke; from=(); }
+  "$PY" -m efficient.data.listops --config=$config --data_dir="$TFDS_DATA_DIR" \
+    "${from[@]}" > "$OUT/listops_build.log" 2>&1 ||
+    { tail -20 "$OUT/listops_build.log"; return 1; }
+  echo "ListOps ($config) built in $((SECONDS - t0))s"
+}
+
+train_lra() {  # One time-boxed ListOps run per method, $LRA_SECONDS each.
+  local suffix="" m t0 code workdir
+  [ "$SMOKE" = 1 ] && suffix=",smoke"
+  for m in "$@"; do
+    workdir=${RUNS:-/tmp/runs}/lra_listops_$m
+    t0=$SECONDS
     timeout "${LRA_SECONDS:-150}" "$PY" -m experiments.train \
       --config=configs/listops.py:$m$suffix --workdir=$workdir \
       --config.progress=False > "$OUT/lra_listops_$m.log" 2>&1
-    local code=$?
+    code=$?
     mkdir -p "$OUT/lra_listops_$m"
     cp $workdir/{config.json,metrics.jsonl,results.json} "$OUT/lra_listops_$m/" 2>/dev/null
-    echo "$m: exit $code after ${SECONDS}s; last record: $(tail -1 $workdir/metrics.jsonl 2>/dev/null | cut -c1-160)"
+    echo "$m: exit $code after $((SECONDS - t0))s; last record: $(tail -1 $workdir/metrics.jsonl 2>/dev/null | cut -c1-160)"
   done
+}
+
+lra() {
+  local methods=("$@")
+  [ ${#methods[@]} -eq 0 ] && methods=(softmax nystrom yoso mra)
+  build_listops || exit 1
+  train_lra "${methods[@]}"
+}
+
+everything() {  # kernels, then LRA runs sharing what is left of $DEADLINE s;
+  # ListOps is built (niced, on the CPU) while the kernels use the GPU.
+  local methods=("$@") t0=$SECONDS left
+  [ ${#methods[@]} -eq 0 ] && methods=(softmax nystrom)
+  nice -n 10 bash -c "$(declare -f build_listops); KIT=$KIT OUT=$OUT PY=$PY \
+    SMOKE=$SMOKE TFDS_DATA_DIR=$TFDS_DATA_DIR build_listops" &
+  local builder=$!
+  KERNEL_TEST_SECONDS=${KERNEL_TEST_SECONDS:-120} \
+    BENCH_SECONDS=${BENCH_SECONDS:-200} kernels
+  wait $builder || exit 1
+  left=$(( ${DEADLINE:-540} - (SECONDS - t0) - 10 ))
+  LRA_SECONDS=$(( left / ${#methods[@]} )) train_lra "${methods[@]}"
 }
 
 case "$mode" in
   kit) kit ;;
   kernels) setup; kernels ;;
   lra) setup; lra "$@" ;;
-  *) echo "usage: bash scripts/gpu_session.sh kit|kernels|lra [METHOD...]" >&2
+  all) setup; everything "$@" ;;
+  *) echo "usage: bash scripts/gpu_session.sh kit|kernels|lra|all [METHOD...]" >&2
      exit 2 ;;
 esac
