@@ -18,6 +18,8 @@
 #   DEADLINE=540 bash scripts/gpu_session.sh all [METHOD...]   # both in one
 #       call: kernels (tests 120 s, bench 200 s) while ListOps builds on the
 #       CPU, then LRA runs (default softmax nystrom) sharing the time left
+# The device returns at most 8 files: there, run with OUT=/tmp/o
+# BUNDLE=$OUT/gpu.tgz, and the script keeps one archive of /tmp/o up to date.
 # Here again, GPU_SESSION_SMOKE=1 PY=.venv/bin/python runs either mode on tiny
 # settings (the CPU dry run that tests/scripts/test_gpu_session.py does).
 set -uo pipefail
@@ -51,6 +53,12 @@ kit() {
   du -sh "$KIT"/*
 }
 
+bundle() {  # $BUNDLE: one .tgz of $OUT, rewritten after every stage (the
+  # device brings back at most 8 files, and nothing a killed command meant
+  # to write at its end).
+  [ -z "${BUNDLE:-}" ] || tar czf "$BUNDLE" -C "$(dirname "$OUT")" "$(basename "$OUT")"
+}
+
 setup() {  # On the device: the carried wheels, this checkout on the path.
   if [ -d "$KIT/wheels" ] && [ "$SMOKE" = 0 ]; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
@@ -72,11 +80,15 @@ kernels() {
   fi
   timeout "${KERNEL_TEST_SECONDS:-240}" "$PY" -m pytest -v -p no:cacheprovider \
     tests/pallas_kernels "${select[@]}" > "$OUT/pallas_tests.log" 2>&1
-  echo "pallas tests: exit $? ($(tail -1 "$OUT/pallas_tests.log" | sed "s/=//g; s/^ *//; s/ *$//"))"
+  local code=$?
+  bundle
+  echo "pallas tests: exit $code ($(tail -1 "$OUT/pallas_tests.log" | sed "s/=//g; s/^ *//; s/ *$//"))"
   grep -E "^(FAILED|ERROR)" "$OUT/pallas_tests.log" | cut -c1-220 | head -12
   timeout "${BENCH_SECONDS:-300}" "$PY" scripts/bench_kernels.py "${bench[@]}" \
     --out "$OUT/bench_kernels_gpu.json" > "$OUT/bench_kernels.log" 2>&1
-  echo "bench_kernels: exit $?"
+  code=$?
+  bundle
+  echo "bench_kernels: exit $code"
   tail -25 "$OUT/bench_kernels.log"
 }
 
@@ -101,6 +113,7 @@ train_lra() {  # One time-boxed ListOps run per method, $LRA_SECONDS each.
     code=$?
     mkdir -p "$OUT/lra_listops_$m"
     cp $workdir/{config.json,metrics.jsonl,results.json} "$OUT/lra_listops_$m/" 2>/dev/null
+    bundle
     echo "$m: exit $code after $((SECONDS - t0))s; last record: $(tail -1 $workdir/metrics.jsonl 2>/dev/null | cut -c1-160)"
   done
 }

@@ -190,6 +190,23 @@ def test_pair_count_and_the_switch_to_tables():
   assert not bool(yoso.prefers_pairs(counts, head_dim=8))
 
 
+@pytest.mark.parametrize("backend,uses_pairs", [("cpu", True), ("gpu", False)])
+def test_auto_backward_uses_tables_on_accelerators(monkeypatch, backend,
+                                                   uses_pairs):
+  calls = []
+  real = yoso.lsh_pair_gradients
+  monkeypatch.setattr(yoso, "lsh_pair_gradients",
+                      lambda *a: calls.append(1) or real(*a))
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  rng = np.random.default_rng(13)
+  q, k, v, grad = (jnp.asarray(rng.normal(size=(1, 16, 8)), jnp.float32)
+                   for _ in range(4))
+  codes = jnp.asarray(rng.integers(0, 8, (1, 2, 16)))
+  mask = jnp.ones((1, 16))
+  yoso.lsh_backward(q, k, v, grad, codes, codes, mask, mask, 3)
+  assert bool(calls) == uses_pairs
+
+
 def test_expectation_backward_is_the_originals_and_near_the_true_gradient():
   rng = np.random.default_rng(8)
   g, n, d, tau = 2, 20, 8, 6

@@ -13,6 +13,7 @@ import pytest
 
 from pallas_kernels import mra_attention as kernels
 from pallas_kernels.mra_attention import reference
+from tests.pallas_kernels import LOWERS_TRITON_WITHOUT_GPU
 from tests.pallas_kernels import interpret
 
 # Tolerances per dtype (max abs error relative to the reference's max abs):
@@ -151,6 +152,8 @@ def test_kernels_lower_for_their_platform_on_a_cpu_machine(
   Lowering is not compiling: Triton's and Mosaic's own compilers run only
   on a device.
   """
+  if platform == "gpu" and not LOWERS_TRITON_WITHOUT_GPU:
+    pytest.skip("jax >= 0.11 lowers Triton only with a GPU's info")
   q = jnp.ones((2, 128, 64), jnp.bfloat16)
   mask = jnp.ones((2, 128), jnp.float32)
   selected = jnp.eye(4, dtype=bool)[None].repeat(2, 0)

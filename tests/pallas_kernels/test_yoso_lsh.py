@@ -13,6 +13,7 @@ import pytest
 from efficient.attention import yoso
 from pallas_kernels import yoso_lsh
 from pallas_kernels.yoso_lsh import reference
+from tests.pallas_kernels import LOWERS_TRITON_WITHOUT_GPU
 from tests.pallas_kernels import interpret
 
 SIZES = yoso_lsh.BlockSizes(block=16)
@@ -124,6 +125,8 @@ def test_yoso_attention_pallas_impl_equals_xla_impl():
 
 
 def test_kernels_lower_to_triton_for_cuda_on_a_cpu_machine():
+  if not LOWERS_TRITON_WITHOUT_GPU:
+    pytest.skip("jax >= 0.11 lowers Triton only with a GPU's info")
   q, k, v, mask, rotation, _ = _inputs(6, n=64, d=32, e=64)
   codes = jnp.zeros((2, 4, 64), jnp.int32)
 

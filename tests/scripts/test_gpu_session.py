@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 
 from tests import conftest
 
@@ -12,7 +13,8 @@ from tests import conftest
 def _run(tmp_path, *args):
   env = dict(os.environ, GPU_SESSION_SMOKE="1", PY=sys.executable,
              OUT=str(tmp_path / "out"), TFDS_DATA_DIR=str(tmp_path / "tfds"),
-             RUNS=str(tmp_path / "runs"), JAX_PLATFORMS="cpu")
+             RUNS=str(tmp_path / "runs"), JAX_PLATFORMS="cpu",
+             BUNDLE=str(tmp_path / "bundle.tgz"))
   result = subprocess.run(["bash", "scripts/gpu_session.sh", *args],
                           cwd=conftest.REPO, env=env, capture_output=True,
                           text=True, timeout=600, check=False)
@@ -25,6 +27,8 @@ def test_kernels_then_lra_modes_write_their_outputs(tmp_path):
   assert "pallas tests: exit 0 (1 passed" in out
   bench = json.loads((tmp_path / "out/bench_kernels_gpu.json").read_text())
   assert {r["method"] for r in bench} == {"softmax", "mra_xla"}
+  with tarfile.open(tmp_path / "bundle.tgz") as bundle:  # What comes back.
+    assert "out/bench_kernels_gpu.json" in bundle.getnames()
   out = _run(tmp_path, "lra", "softmax")
   assert "softmax: exit 0" in out
   results = json.loads(
