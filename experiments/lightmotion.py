@@ -82,7 +82,7 @@ def make_generator(task, params, settings):
   from efficient.diffusion import samplers
 
   def eps_fn(x, step, y):
-    return task.model.apply({"params": params}, x, step, y)
+    return task.epsilon(params, x, step, y)
 
   guided = samplers.classifier_free_guidance(eps_fn, task.null_class,
                                              settings["guidance"])

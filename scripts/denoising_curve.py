@@ -7,7 +7,8 @@ r"""Held-out denoising loss against the diffusion step, for diffusion runs.
 Every run is scored on the same grid: the first `num_images` validation
 images × `num_t` steps evenly spaced over 1..T × one fixed noise draw per
 (image, step) (seed 0), with each run's EMA weights and its own training
-loss (ε MSE, or DiMR's multi-scale sum; `high_res_mse` is the plain ε MSE of
+loss (ε MSE, v MSE for v-prediction, or DiMR's multi-scale sum; `high_res_mse`
+is the plain ε MSE (v converted to ε) of
 the full-resolution output for every model, the comparable number). Low
 variance by construction (reference/diffusion.md §4.2's primary signal).
 Prints a table, writes JSON (one record per run and step) and a PNG.
@@ -43,10 +44,10 @@ def curve(workdir, num_images, num_t, batch_size=250, label_shift=0):
 
   @jax.jit
   def losses(params, x0, y, step, noise):
+    total = task.losses(params, x0, y, step, noise)
     x_n = task.schedule.add_noise(x0, noise, step)
-    out = task.model.apply({"params": params}, x_n, step, y)
-    total = training.denoising_losses(out, noise, task.loss_weights)
-    high = jnp.mean((training.last_branch(out) - noise)**2, axis=(1, 2, 3))
+    eps = task.epsilon(params, x_n, step, y)
+    high = jnp.mean((eps - noise)**2, axis=tuple(range(1, noise.ndim)))
     return total.sum(), high.sum()
 
   rows = []

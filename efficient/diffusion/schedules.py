@@ -53,11 +53,28 @@ class Schedule:
     abar = self.alphas_cumprod[step]
     return jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
 
+  def _coefficients(self, step, like):
+    """(sqrt(ᾱ_n), sqrt(1 − ᾱ_n)) for steps `[batch]`, broadcast to `like`."""
+    alpha, sigma = self.alpha_sigma(step)
+    expand = lambda a: a.reshape(a.shape + (1,) * (like.ndim - a.ndim))
+    return expand(alpha), expand(sigma)
+
   def add_noise(self, x0, noise, step):
     """x_n = sqrt(ᾱ_n) x₀ + sqrt(1 − ᾱ_n) ε, step `[batch]`."""
-    alpha, sigma = self.alpha_sigma(step)
-    expand = lambda a: a.reshape(a.shape + (1,) * (x0.ndim - a.ndim))
-    return expand(alpha) * x0 + expand(sigma) * noise
+    alpha, sigma = self._coefficients(step, x0)
+    return alpha * x0 + sigma * noise
+
+  def velocity(self, x0, noise, step):
+    """v = sqrt(ᾱ_n) ε − sqrt(1 − ᾱ_n) x₀, the v-prediction target
+    (Salimans & Ho, 2022, arXiv 2202.00512, §4 and App. D)."""
+    alpha, sigma = self._coefficients(step, x0)
+    return alpha * noise - sigma * x0
+
+  def epsilon_from_velocity(self, v, x_n, step):
+    """ε = sqrt(ᾱ_n) v + sqrt(1 − ᾱ_n) x_n (since ᾱ + (1 − ᾱ) = 1): a
+    v-prediction model as the ε-predictor every sampler here takes."""
+    alpha, sigma = self._coefficients(step, x_n)
+    return alpha * v + sigma * x_n
 
 
 jax.tree_util.register_dataclass(Schedule, data_fields=["alphas_cumprod"],

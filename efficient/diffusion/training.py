@@ -43,6 +43,9 @@ from efficient.train import sharding
 
 matplotlib.use("Agg")
 SAMPLERS = ("dpm_solver_pp", "ddim", "ddpm")
+# What the network outputs: ε (DDPM, DiT, DiMR) or v = sqrt(ᾱ) ε − sqrt(1 − ᾱ) x₀
+# (Salimans & Ho, 2022), config.diffusion.prediction.
+PREDICTIONS = ("epsilon", "v")
 
 
 def last_branch(outputs):
@@ -79,6 +82,10 @@ class DiffusionTask:
     self.null_class = config.model.num_classes
     self.label_dropout = d.label_dropout
     self.loss_weights = tuple(d.get("loss_weights", (1.0,)))
+    self.prediction = d.get("prediction", "epsilon")
+    if self.prediction not in PREDICTIONS:
+      raise ConfigError(f"config.diffusion.prediction={self.prediction!r}: "
+                        f"one of {PREDICTIONS}")
     self.seed = config.seed
     frames = config.model.get("num_frames")
     self.key = "video" if frames else "image"
@@ -102,10 +109,25 @@ class DiffusionTask:
     ones = jnp.ones((1,), jnp.int32)
     return self.model.init(rng, x, ones, ones)["params"]
 
-  def _losses(self, params, x0, labels, step, noise):
+  def losses(self, params, x0, labels, step, noise):
+    """Per-example training loss [b] at the given steps and noise."""
     x_n = self.schedule.add_noise(x0, noise, step)
     outputs = self.model.apply({"params": params}, x_n, step, labels)
-    return denoising_losses(outputs, noise, self.loss_weights)
+    if self.prediction == "epsilon":
+      return denoising_losses(outputs, noise, self.loss_weights)
+    if isinstance(outputs, (list, tuple)):
+      raise ConfigError("config.diffusion.prediction='v' needs a one-output "
+                        "model (DiMR's multi-scale loss is defined on ε)")
+    return denoising_losses(outputs, self.schedule.velocity(x0, noise, step),
+                            self.loss_weights)
+
+  def epsilon(self, params, x_n, step, labels):
+    """ε̂(x_n, n, y) of the model, whatever it predicts (the last branch of
+    a multi-output model): what the samplers and LightMotion call."""
+    out = last_branch(self.model.apply({"params": params}, x_n, step, labels))
+    if self.prediction == "v":
+      return self.schedule.epsilon_from_velocity(out, x_n, step)
+    return out
 
   def loss(self, params, batch, rng):
     drop_rng, step_rng, noise_rng = jax.random.split(rng, 3)
@@ -115,7 +137,7 @@ class DiffusionTask:
     step = jax.random.randint(step_rng, x0.shape[:1], 1,
                               self.schedule.num_steps + 1)
     noise = jax.random.normal(noise_rng, x0.shape, x0.dtype)
-    return self._losses(params, x0, labels, step, noise).mean(), {}
+    return self.losses(params, x0, labels, step, noise).mean(), {}
 
   def sums(self, params, batch):
     x0, weight = batch[self.key], batch["weight"]
@@ -123,7 +145,7 @@ class DiffusionTask:
     step = jnp.round(jnp.linspace(1, self.schedule.num_steps, b)).astype(
         jnp.int32)
     noise = jax.random.normal(jax.random.PRNGKey(self.seed), x0.shape)
-    losses = self._losses(params, x0, batch["label"], step, noise)
+    losses = self.losses(params, x0, batch["label"], step, noise)
     return {"loss": (losses * weight).sum(), "count": weight.sum()}
 
   def final_results(self, params, *, builder, mesh, workdir, config,
@@ -199,7 +221,7 @@ def make_sampler(task, *, sampler, num_steps, guidance, guidance_power=0.0):
 
   def run(params, noise, labels, rng):
     def eps_fn(x, step, y):
-      return last_branch(task.model.apply({"params": params}, x, step, y))
+      return task.epsilon(params, x, step, y)
 
     guided = samplers.classifier_free_guidance(eps_fn, task.null_class, scale)
     if sampler == "dpm_solver_pp":

@@ -141,3 +141,18 @@ def test_power_cosine_ramp_ends():
   w = scale(jnp.asarray([1000, 500, 0]))
   np.testing.assert_allclose(np.asarray(w)[[0, 2]], [1.0, 4.0], atol=1e-6)
   assert 1.0 < float(w[1]) < 4.0
+
+
+def test_velocity_round_trip_recovers_noise_and_data():
+  schedule = schedules.Schedule.create("linear", 1000)
+  rng = np.random.default_rng(5)
+  x0 = jnp.asarray(rng.uniform(-1, 1, (4, 3, 5)), jnp.float32)
+  noise = jnp.asarray(rng.normal(size=(4, 3, 5)), jnp.float32)
+  step = jnp.array([1, 300, 700, 1000])
+  x_n = schedule.add_noise(x0, noise, step)
+  v = schedule.velocity(x0, noise, step)
+  np.testing.assert_allclose(schedule.epsilon_from_velocity(v, x_n, step),
+                             noise, atol=2e-5)
+  alpha, sigma = schedule.alpha_sigma(step)
+  np.testing.assert_allclose(alpha[:, None, None] * x_n -
+                             sigma[:, None, None] * v, x0, atol=2e-5)

@@ -83,6 +83,20 @@ def test_imagenet_presets_refuse_fashion_mnist_with_a_named_key():
     training.DiffusionTask(config, model)
 
 
+def test_prediction_setting_is_checked():
+  config, _ = _task("fmnist_dit")
+  kwargs = config.model.to_dict()
+  model = models.get_model(kwargs.pop("name"), **kwargs)
+  config.diffusion.prediction = "x0"
+  with pytest.raises(ConfigError, match="prediction='x0'"):
+    training.DiffusionTask(config, model)
+  config, task = _task("fmnist_dimr")  # Multi-scale outputs: ε only.
+  task.prediction = "v"
+  params = task.init_params(jax.random.PRNGKey(0))
+  with pytest.raises(ConfigError, match="one-output"):
+    task.loss(params, _batch(), jax.random.PRNGKey(1))
+
+
 @pytest.mark.parametrize("prefix,size,dit_steps", [("fmnist", 32, 2000),
                                                   ("fmnist16", 16, 5000)])
 def test_compute_budget_sets_matched_training_steps(prefix, size, dit_steps):

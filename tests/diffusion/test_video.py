@@ -5,6 +5,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs import video as video_configs
 from efficient import models
@@ -32,8 +33,9 @@ def test_render_static_and_moving_videos():
   assert (video[0] != video[-1]).mean() > 0.3
 
 
-def test_video_task_loss_is_the_epsilon_error_over_all_frames():
-  config = video_configs.get_config("static,smoke")
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_video_task_loss_is_the_prediction_error_over_all_frames(prediction):
+  config = video_configs.get_config(f"static,smoke,prediction={prediction}")
   kwargs = config.model.to_dict()
   model = models.get_model(kwargs.pop("name"), **kwargs)
   task = training.DiffusionTask(config, model)
@@ -52,9 +54,16 @@ def test_video_task_loss_is_the_epsilon_error_over_all_frames():
   step = jax.random.randint(step_rng, (2,), 1, 1001)
   noise = jax.random.normal(noise_rng, batch["video"].shape)
   x_n = task.schedule.add_noise(batch["video"], noise, step)
-  want = jnp.mean((jax.jit(model.apply)({"params": params}, x_n, step,
-                                        labels) - noise)**2)
-  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  out = jax.jit(model.apply)({"params": params}, x_n, step, labels)
+  abar = task.schedule.alphas_cumprod[step][:, None, None, None, None]
+  v = jnp.sqrt(abar) * noise - jnp.sqrt(1 - abar) * batch["video"]
+  target = noise if prediction == "epsilon" else v
+  np.testing.assert_allclose(loss, jnp.mean((out - target)**2), rtol=1e-5)
+  # What the samplers get: ε̂ itself, or ε̂ = sqrt(ᾱ) v̂ + sqrt(1 − ᾱ) x_n.
+  eps = task.epsilon(params, x_n, step, labels)
+  want = out if prediction == "epsilon" else (
+      jnp.sqrt(abar) * out + jnp.sqrt(1 - abar) * x_n)
+  np.testing.assert_allclose(eps, want, rtol=1e-5, atol=1e-6)
 
 
 def test_train_then_lightmotion_cli_runs_every_motion(tmp_path):
