@@ -18,8 +18,11 @@ their `pl.ds` row loads); on TPU
 with the lists in scalar prefetch and Mosaic's tiling. Both lower on a
 CPU-only machine (tests/pallas_kernels/test_mra_attention.py: CUDA → Triton,
 TPU → Mosaic, forward and backward) and both agree with reference.py in
-the interpreter; neither has been compiled or run on a GPU or TPU (none
-lent so far), so `efficient.attention.mra` defaults to `impl="xla"`.
+the interpreter. The GPU kernels were compiled and tested on an H200 (jax
+0.11.2, 2026-11-26: every case passes) and measured there slower than the
+XLA gather path (8.9 against 3.3 ms forward+backward at n = 16384,
+docs/kernels.md), so `efficient.attention.mra` defaults to `impl="xla"`;
+the TPU variant has not run on a TPU (none lent).
 """
 import dataclasses
 import functools

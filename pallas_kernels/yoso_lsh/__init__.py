@@ -19,9 +19,10 @@ value width is padded to a power of two (Triton's block shapes).
 Backends:
   * GPU: Pallas's Triton backend (`pallas_kernels.triton_params`), atomic
     adds into [groups, m, 2^τ, e] float32 tables in global memory (the CUDA
-    original's design). Lowering to Triton for CUDA is checked on the CPU
-    (tests/pallas_kernels/test_yoso_lsh.py); never compiled or run on a GPU
-    here (no device lent so far).
+    original's design). Compiled and tested on an H200 (jax 0.11.2,
+    2026-11-26: every test in tests/pallas_kernels/test_yoso_lsh.py
+    passes); forward at par with cuDNN dense attention at n = 16384, the
+    table backward ~25× slower than it (docs/kernels.md).
   * TPU: not written. Mosaic has no scatter or atomics; bucket cumulation
     there would be one-hot matmuls on the MXU, 2^τ·n·e multiply-adds per
     hash, the order of dense attention itself at τ = 11 (LRA), so the
