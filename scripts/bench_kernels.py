@@ -11,6 +11,11 @@ after a warm-up) and XLA's compiled peak temporaries of
                bucket cumulation by XLA scatter/gather, the LSH backward
   yoso_pallas  the same through pallas_kernels/yoso_lsh (hash, cumulation
                and the table backward as Triton kernels on GPU)
+  mra_blocks_xla, mra_blocks_pallas
+               the selected-block part alone (no low-resolution part, no
+               top-k): a fixed selection of --block_per_row blocks per row
+               (the diagonal and random others), by XLA gathers
+               (`mra._selected_xla`) and by the Pallas kernel
 
 with achieved TFLOP/s and GB/s (model FLOPs and the q, k, v, output bytes)
 beside the device's peaks measured in the same run (a large matmul, a large
@@ -26,13 +31,16 @@ import json
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bench_attention import machine, median_ms  # scripts/ is on sys.path
 from efficient.attention import mra
 from efficient.attention import softmax
 from efficient.attention import yoso
+from pallas_kernels import mra_attention as mra_kernels
 
-METHODS = ("softmax", "mra_xla", "mra_pallas", "yoso_xla", "yoso_pallas")
+METHODS = ("softmax", "mra_xla", "mra_pallas", "yoso_xla", "yoso_pallas",
+           "mra_blocks_xla", "mra_blocks_pallas")
 
 
 def _median_ms(fn, args, repeats):
@@ -50,6 +58,42 @@ def device_peaks(dtype, repeats):
   copy = jax.jit(lambda x: x * 1.0001)
   gbps = 2 * x.nbytes / _median_ms(copy, (x,), repeats) / 1e6
   return {"peak_tflops": tflops, "peak_gbps": gbps}
+
+
+def fixed_selection(n, groups, block_per_row, block=32, seed=0):
+  """[groups, nb, nb] bool: the diagonal and block_per_row − 1 random
+  others per row (numpy, so the benchmark's inputs are fixed)."""
+  nb = n // block
+  rng = np.random.default_rng(seed)
+  chosen = np.zeros((groups, nb, nb), bool)
+  for g in range(groups):
+    others = np.argsort(rng.random((nb, nb)) + 2 * np.eye(nb), -1)
+    rows = np.arange(nb)[:, None]
+    chosen[g, rows, others[:, :block_per_row - 1]] = True
+    chosen[g, np.arange(nb), np.arange(nb)] = True
+  return chosen
+
+
+def blocks_fn(impl, n, heads, block_per_row, block=32):
+  """(q, k, v) [1, n, heads, d] -> the selected-block part, [heads, n, d]."""
+  chosen = fixed_selection(n, heads, block_per_row, block)
+  nb = n // block
+  flat = jnp.asarray(np.stack([np.flatnonzero(c) for c in chosen]))
+  mask = jnp.ones((heads, n), jnp.float32)
+
+  def fn(q, k, v):
+    q, k, v = (jnp.swapaxes(x[0], 0, 1) for x in (q, k, v))  # [h, n, d]
+    if impl == "pallas":
+      out, norm, _ = mra_kernels.mra_block_sparse(
+          q, k, v, mask, jnp.asarray(chosen),
+          interpret=jax.default_backend() == "cpu")
+      return out / norm[..., None]
+    per_head = lambda q, k, v, mu, f: mra._selected_xla(  # pylint: disable=protected-access
+        q, k, v, mu, f // nb, f % nb, nb, block, False)
+    out, norm, _ = jax.vmap(per_head)(q, k, v, mask, flat)
+    return (out / norm[..., None]).reshape(heads, n, -1)
+
+  return fn
 
 
 def attention_fn(method, block_per_row, hash_bits=10, num_hashes=32):
@@ -75,7 +119,7 @@ def model_flops(method, n, heads, head_dim, block_per_row, hash_bits=10,
     return heads * (2 * 2 * n * dim * num_hashes * hash_bits +
                     2 * num_hashes * n * head_dim)
   blocks = min(n // 32 * block_per_row, (n // 32)**2)
-  return 4 * blocks * 32 * 32 * head_dim * heads
+  return 4 * blocks * 32 * 32 * head_dim * heads  # (mra_blocks_* too)
 
 
 def measure(method, n, *, heads, head_dim, dtype, block_per_row, repeats,
@@ -89,7 +133,9 @@ def measure(method, n, *, heads, head_dim, dtype, block_per_row, repeats,
   keys = jax.random.split(jax.random.PRNGKey(n), 3)
   q, k, v = (jax.random.normal(key, (1, n, heads, head_dim), dtype)
              for key in keys)
-  fn = attention_fn(method, block_per_row)
+  fn = (blocks_fn(method.split("_")[-1], n, heads, block_per_row)
+        if method.startswith("mra_blocks") else
+        attention_fn(method, block_per_row))
   forward = jax.jit(fn)
   backward = jax.jit(jax.grad(
       lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32)),
