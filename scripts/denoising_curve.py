@@ -1,4 +1,5 @@
-r"""Held-out denoising loss against the diffusion step, for diffusion runs.
+r"""Held-out denoising loss against the diffusion step, for diffusion runs
+(image or video).
 
   python scripts/denoising_curve.py runs/diffusion_fmnist_dit runs/diffusion_fmnist_dimr \
       [--num_images=2000] [--num_t=20] [--label_shift=1] \
@@ -27,17 +28,21 @@ matplotlib.use("Agg")
 
 
 def curve(workdir, num_images, num_t, batch_size=250, label_shift=0):
-  """[(step, loss, high_res_mse)] of the run in `workdir` on the grid.
+  """[(step, loss, high_res_mse, x0_mse)] of the run in `workdir` on the
+  grid; x0_mse is the error of x̂₀ = (x_n − sqrt(1 − ᾱ) ε̂) / sqrt(ᾱ), the
+  prediction a sampler acts on (ε̂'s error times sqrt((1 − ᾱ)/ᾱ)).
 
   `label_shift` k > 0 scores every image as class (y + k) mod C: the gap
   to k = 0 is how much the model uses its class label.
   """
   # pylint: disable=g-import-not-at-top
-  from efficient.diffusion import fid
   from efficient.diffusion import training
   _, task, params, builder, _ = training.load_run(os.path.abspath(workdir))
-  images, labels = fid.load_images(builder.as_data_source(split="validation"),
-                                   task.transform, limit=num_images)
+  source = builder.as_data_source(split="validation")
+  count = min(num_images, len(source))
+  examples = [task.transform.map(source[i]) for i in range(count)]
+  images = np.stack([e[task.key] for e in examples])  # images or videos
+  labels = np.array([e["label"] for e in examples], np.int32)
   labels = (labels + label_shift) % task.null_class
   steps = np.round(np.linspace(1, task.schedule.num_steps, num_t)).astype(
       np.int32)
@@ -47,23 +52,28 @@ def curve(workdir, num_images, num_t, batch_size=250, label_shift=0):
     total = task.losses(params, x0, y, step, noise)
     x_n = task.schedule.add_noise(x0, noise, step)
     eps = task.epsilon(params, x_n, step, y)
-    high = jnp.mean((eps - noise)**2, axis=tuple(range(1, noise.ndim)))
-    return total.sum(), high.sum()
+    per_example = lambda e: jnp.mean(e**2, axis=tuple(range(1, noise.ndim)))
+    alpha, sigma = task.schedule.alpha_sigma(step)
+    x0_hat = (x_n - sigma[0] * eps) / alpha[0]
+    return (total.sum(), per_example(eps - noise).sum(),
+            per_example(x0_hat - x0).sum())
 
   rows = []
+  pad_spec = lambda pad: ((0, pad),) + ((0, 0),) * (images.ndim - 1)
   for t_index, step in enumerate(steps):
-    total = high = 0.0
+    total = high = x0_mse = 0.0
     for start in range(0, len(images), batch_size):
       x0 = images[start:start + batch_size]
       key = jax.random.fold_in(jax.random.PRNGKey(t_index), start)
       noise = jax.random.normal(key, x0.shape)
       pad = batch_size - len(x0)  # One compiled shape; padding not counted.
-      a, b = losses(params, np.pad(x0, ((0, pad),) + ((0, 0),) * 3),
-                    np.pad(labels[start:start + batch_size], (0, pad)),
-                    jnp.full((batch_size,), step, jnp.int32),
-                    jnp.pad(noise, ((0, pad),) + ((0, 0),) * 3))
-      total, high = total + float(a), high + float(b)
-    rows.append((int(step), total / len(images), high / len(images)))
+      a, b, c = losses(params, np.pad(x0, pad_spec(pad)),
+                       np.pad(labels[start:start + batch_size], (0, pad)),
+                       jnp.full((batch_size,), step, jnp.int32),
+                       jnp.pad(noise, pad_spec(pad)))
+      total, high, x0_mse = total + float(a), high + float(b), x0_mse + float(c)
+    rows.append((int(step), total / len(images), high / len(images),
+                 x0_mse / len(images)))
   return rows
 
 
@@ -72,6 +82,8 @@ def main():
   parser.add_argument("workdirs", nargs="+")
   parser.add_argument("--num_images", type=int, default=2000)
   parser.add_argument("--num_t", type=int, default=20)
+  parser.add_argument("--batch_size", type=int, default=250,
+                      help="examples per compiled call (lower for videos)")
   parser.add_argument("--label_shift", type=int, default=0,
                       help="score with class (y + k) mod C (a wrong label)")
   parser.add_argument("--out", default=None, help="JSON path")
@@ -79,23 +91,27 @@ def main():
   args = parser.parse_args()
   records = []
   for workdir in args.workdirs:
-    for step, loss, high in curve(workdir, args.num_images, args.num_t,
-                                  label_shift=args.label_shift):
+    for step, loss, high, x0_mse in curve(workdir, args.num_images,
+                                          args.num_t,
+                                          batch_size=args.batch_size,
+                                          label_shift=args.label_shift):
       records.append({"run": os.path.basename(os.path.normpath(workdir)),
                       "step": step, "loss": loss, "high_res_mse": high,
+                      "x0_mse": x0_mse,
                       "num_images": args.num_images,
                       "label_shift": args.label_shift,
                       "device": jax.devices()[0].device_kind})
   runs = list(dict.fromkeys(r["run"] for r in records))
-  print("| step | " + " | ".join(runs) + " |  (high-resolution ε MSE)")
-  print("|---|" + "---|" * len(runs))
+  print("| step | " + " | ".join(f"{r} ε MSE | {r} x̂₀ MSE" for r in runs)
+        + " |")
+  print("|---|" + "---|---|" * len(runs))
   for step in sorted({r["step"] for r in records}):
-    cells = [f"{r['high_res_mse']:.4f}" for run in runs for r in records
-             if r["run"] == run and r["step"] == step]
+    cells = [f"{r['high_res_mse']:.4f} | {r['x0_mse']:.4f}" for run in runs
+             for r in records if r["run"] == run and r["step"] == step]
     print(f"| {step} | " + " | ".join(cells) + " |")
   means = {run: np.mean([r["high_res_mse"] for r in records
                          if r["run"] == run]) for run in runs}
-  print("| mean | " + " | ".join(f"{means[r]:.4f}" for r in runs) + " |")
+  print("| mean | " + " | ".join(f"{means[r]:.4f} | " for r in runs) + " |")
   if args.out:
     with open(args.out, "w") as f:
       json.dump(records, f, indent=1)

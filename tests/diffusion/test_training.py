@@ -289,7 +289,8 @@ def test_train_then_sample_cli_writes_scores_and_grids(fashion_dirs, tmp_path):
   assert curve.returncode == 0, curve.stderr[-2000:]
   records = json.loads(out.read_text())
   assert [r["step"] for r in records] == [1, 500, 1000]
-  assert all(np.isfinite(r["high_res_mse"]) for r in records)
+  assert all(np.isfinite(r["high_res_mse"]) and np.isfinite(r["x0_mse"])
+             for r in records)
   assert (tmp_path / "curve.png").exists()
   missing = conftest.run_module("experiments.sample",
                                 f"--workdir={tmp_path / 'nothing'}",

@@ -1,6 +1,8 @@
 """Video diffusion: the data builder, the task on videos, and the train →
 LightMotion CLI on small fake Fashion-MNIST files."""
 import json
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -78,6 +80,13 @@ def test_train_then_lightmotion_cli_runs_every_motion(tmp_path):
       f"--workdir={workdir}", devices=1, timeout=600, **env)
   assert result.returncode == 0, result.stderr[-3000:]
   assert (workdir / "samples.png").exists()
+  curve = subprocess.run(  # The denoising curve reads video runs too.
+      [sys.executable, "scripts/denoising_curve.py", str(workdir),
+       "--num_images=2", "--num_t=2", "--batch_size=2"], cwd=conftest.REPO,
+      env=conftest.subprocess_env(devices=1, **env), capture_output=True,
+      text=True, timeout=300, check=False)
+  assert curve.returncode == 0, curve.stderr[-2000:]
+  assert "| 1000 |" in curve.stdout
   result = conftest.run_module(
       "experiments.lightmotion", f"--workdir={workdir}",
       "--ablations=no_mask", devices=1, timeout=600, **env)
