@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from configs import video as video_configs
 from efficient import models
@@ -87,6 +88,16 @@ def test_train_then_lightmotion_cli_runs_every_motion(tmp_path):
       text=True, timeout=300, check=False)
   assert curve.returncode == 0, curve.stderr[-2000:]
   assert "| 1000 |" in curve.stdout
+  check = subprocess.run(  # ... and so does the SDEdit check.
+      [sys.executable, "scripts/sdedit_check.py", str(workdir),
+       f"--out={tmp_path / 'sdedit.png'}", "--starts=300,1000",
+       "--num_examples=2", "--num_steps=3", "--ddpm_steps=3"],
+      cwd=conftest.REPO, env=conftest.subprocess_env(devices=1, **env),
+      capture_output=True, text=True, timeout=300, check=False)
+  assert check.returncode == 0, check.stderr[-2000:]
+  assert "DDIM from n = 300: MSE" in check.stdout
+  picture = np.asarray(Image.open(tmp_path / "sdedit.png"))
+  assert picture.shape[:2] == (4 * 32 * 4, 2 * 32 * 4)  # 4 rows, 2 columns.
   result = conftest.run_module(
       "experiments.lightmotion", f"--workdir={workdir}",
       "--ablations=no_mask", devices=1, timeout=600, **env)
