@@ -10,13 +10,14 @@
 # There (carry device_kit; each mode fits one call; outputs under $OUT):
 #   bash scripts/gpu_session.sh kernels        # Pallas kernels compiled for the
 #       GPU against their references (tests/pallas_kernels), then
-#       scripts/bench_kernels.py (issue 4's figures)
+#       scripts/bench_kernels.py (issue 4's figures) and
+#       scripts/bench_attention.py (issue 3's sweep)
 #   bash scripts/gpu_session.sh lra [METHOD...]  # LRA ListOps, the papers'
 #       harness, 5,000 steps per method (default: all four), each run
 #       time-boxed by $LRA_SECONDS (default 150); a run cut short keeps its
 #       metrics.jsonl, which says exactly how far it got
 #   DEADLINE=540 bash scripts/gpu_session.sh all [METHOD...]   # both in one
-#       call: kernels (tests 120 s, bench 200 s) while ListOps builds on the
+#       call: kernels (tests 120 s, benches 200 + 120 s) while ListOps builds on the
 #       CPU, then LRA runs (default softmax nystrom) sharing the time left
 # The device returns at most 8 files: there, run with OUT=/tmp/o
 # BUNDLE=$OUT/gpu.tgz, and the script keeps one archive of /tmp/o up to date.
@@ -73,10 +74,11 @@ jax.__version__, 'flax', flax.__version__, jax.devices())"; } | tee "$OUT/device
 }
 
 kernels() {
-  local select=() bench=(--lengths 16384,4096,65536)
+  local select=() bench=(--lengths 16384,4096,65536) attention=()
   if [ "$SMOKE" = 1 ]; then
     select=(-k "all_blocks_give_softmax")
     bench=(--lengths 256 --repeats 1 --methods softmax,mra_xla)
+    attention=(--lengths 256 --repeats 1 --methods softmax,nystrom)
   fi
   timeout "${KERNEL_TEST_SECONDS:-240}" "$PY" -m pytest -v -p no:cacheprovider \
     tests/pallas_kernels "${select[@]}" > "$OUT/pallas_tests.log" 2>&1
@@ -90,6 +92,14 @@ kernels() {
   bundle
   echo "bench_kernels: exit $code"
   tail -25 "$OUT/bench_kernels.log"
+  # Issue 3's sweep (fp32, the four methods, 1024-16384) beside it.
+  timeout "${BENCH_ATTENTION_SECONDS:-120}" "$PY" scripts/bench_attention.py \
+    "${attention[@]}" --out "$OUT/bench_attention_gpu.json" \
+    --plot "$OUT/bench_attention_gpu.png" > "$OUT/bench_attention.log" 2>&1
+  code=$?
+  bundle
+  echo "bench_attention: exit $code"
+  tail -8 "$OUT/bench_attention.log"
 }
 
 build_listops() {  # tfds ListOps (LRA from the carried file; smoke: drawn)

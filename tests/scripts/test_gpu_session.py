@@ -27,8 +27,12 @@ def test_kernels_then_lra_modes_write_their_outputs(tmp_path):
   assert "pallas tests: exit 0 (1 passed" in out
   bench = json.loads((tmp_path / "out/bench_kernels_gpu.json").read_text())
   assert {r["method"] for r in bench} == {"softmax", "mra_xla"}
+  attention = json.loads(
+      (tmp_path / "out/bench_attention_gpu.json").read_text())
+  assert {r["method"] for r in attention} == {"softmax", "nystrom"}
   with tarfile.open(tmp_path / "bundle.tgz") as bundle:  # What comes back.
-    assert "out/bench_kernels_gpu.json" in bundle.getnames()
+    assert {"out/bench_kernels_gpu.json", "out/bench_attention_gpu.json"} <= set(
+        bundle.getnames())
   out = _run(tmp_path, "lra", "softmax")
   assert "softmax: exit 0" in out
   results = json.loads(
