@@ -15,7 +15,14 @@ after a warm-up) and XLA's compiled peak temporaries of
                the selected-block part alone (no low-resolution part, no
                top-k): a fixed selection of --block_per_row blocks per row
                (the diagonal and random others), by XLA gathers
-               (`mra._selected_xla`) and by the Pallas kernel
+               (`mra._selected_xla`) and by the Pallas kernel; with
+               --mra_tunings, one more Pallas row per (num_warps,
+               num_stages) pair
+
+MRA runs with --mra_precision (default "input": bf16 products with
+float32 accumulation on accelerators, as cuDNN's; "float32" is the
+original's) and --heads_per_step (default all heads in one step, no
+rematerialisation: the fast setting; `mra_attention`'s default is 1).
 
 with achieved TFLOP/s and GB/s (model FLOPs and the q, k, v, output bytes)
 beside the device's peaks measured in the same run (a large matmul, a large
@@ -74,8 +81,10 @@ def fixed_selection(n, groups, block_per_row, block=32, seed=0):
   return chosen
 
 
-def blocks_fn(impl, n, heads, block_per_row, block=32):
-  """(q, k, v) [1, n, heads, d] -> the selected-block part, [heads, n, d]."""
+def blocks_fn(impl, n, heads, block_per_row, block=32, tuning=(4, 2)):
+  """(q, k, v) [1, n, heads, d] -> the selected-block part, [heads, n, d],
+  products in the inputs' dtype (float32 accumulation); `tuning`:
+  the Pallas kernel's (num_warps, num_stages)."""
   chosen = fixed_selection(n, heads, block_per_row, block)
   nb = n // block
   flat = jnp.asarray(np.stack([np.flatnonzero(c) for c in chosen]))
@@ -86,6 +95,7 @@ def blocks_fn(impl, n, heads, block_per_row, block=32):
     if impl == "pallas":
       out, norm, _ = mra_kernels.mra_block_sparse(
           q, k, v, mask, jnp.asarray(chosen),
+          block_sizes=mra_kernels.BlockSizes(block, *tuning),
           interpret=jax.default_backend() == "cpu")
       return out / norm[..., None]
     per_head = lambda q, k, v, mu, f: mra._selected_xla(  # pylint: disable=protected-access
@@ -96,7 +106,8 @@ def blocks_fn(impl, n, heads, block_per_row, block=32):
   return fn
 
 
-def attention_fn(method, block_per_row, hash_bits=10, num_hashes=32):
+def attention_fn(method, block_per_row, hash_bits=10, num_hashes=32,
+                 mra_precision="input", heads_per_step=None):
   if method == "softmax":
     return softmax.softmax_attention
   impl = method.split("_")[1]
@@ -105,7 +116,8 @@ def attention_fn(method, block_per_row, hash_bits=10, num_hashes=32):
         q, k, v, hash_bits=hash_bits, num_hashes=num_hashes,
         rng=jax.random.PRNGKey(0), impl=impl)
   return lambda q, k, v: mra.mra_attention(
-      q, k, v, block_per_row=block_per_row, approx_mode="sparse", impl=impl)
+      q, k, v, block_per_row=block_per_row, approx_mode="sparse", impl=impl,
+      precision=mra_precision, heads_per_step=heads_per_step)
 
 
 def model_flops(method, n, heads, head_dim, block_per_row, hash_bits=10,
@@ -123,19 +135,26 @@ def model_flops(method, n, heads, head_dim, block_per_row, hash_bits=10,
 
 
 def measure(method, n, *, heads, head_dim, dtype, block_per_row, repeats,
-            max_bytes):
+            max_bytes, mra_precision="input", heads_per_step=None,
+            tuning=None):
   record = {"method": method, "length": n, "heads": heads,
             "head_dim": head_dim, "dtype": jnp.dtype(dtype).name,
             "block_per_row": block_per_row}
+  if method.startswith("mra"):
+    record.update(mra_precision=mra_precision, heads_per_step=heads_per_step)
+  if tuning:
+    record["tuning"] = "x".join(map(str, tuning))  # num_warps x num_stages
   if method.endswith("_pallas") and jax.default_backend() == "cpu":
     record["note"] = "not run: Pallas kernels run interpreted on CPU"
     return record
   keys = jax.random.split(jax.random.PRNGKey(n), 3)
   q, k, v = (jax.random.normal(key, (1, n, heads, head_dim), dtype)
              for key in keys)
-  fn = (blocks_fn(method.split("_")[-1], n, heads, block_per_row)
+  fn = (blocks_fn(method.split("_")[-1], n, heads, block_per_row,
+                  tuning=tuning or (4, 2))
         if method.startswith("mra_blocks") else
-        attention_fn(method, block_per_row))
+        attention_fn(method, block_per_row, mra_precision=mra_precision,
+                     heads_per_step=heads_per_step))
   forward = jax.jit(fn)
   backward = jax.jit(jax.grad(
       lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32)),
@@ -164,13 +183,14 @@ def table(records):
            "|---|---|---|---|---|---|---|"]
   base = {r["length"]: r for r in records if r["method"] == "softmax"}
   for r in records:
+    name = r["method"] + (f" ({r['tuning']})" if "tuning" in r else "")
     if "fwd_bwd_ms" not in r:
-      lines.append(f"| {r['method']} | {r['length']} | {r['note']} |||||")
+      lines.append(f"| {name} | {r['length']} | {r['note']} |||||")
       continue
     ref = base.get(r["length"], {})
     ratio = (f"{ref['fwd_bwd_ms'] / r['fwd_bwd_ms']:.2f}×"
              if "fwd_bwd_ms" in ref and r is not ref else "—")
-    lines.append(f"| {r['method']} | {r['length']} | {r['fwd_ms']:.2f} | "
+    lines.append(f"| {name} | {r['length']} | {r['fwd_ms']:.2f} | "
                  f"{r['fwd_bwd_ms']:.2f} | {ratio} | "
                  f"{r['fwd_bwd_tflops']:.2f} | "
                  f"{r['fwd_bwd_temp_bytes'] / 2**20:.1f} |")
@@ -189,23 +209,37 @@ def main():
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--max_gb", type=float, default=12.0,
                       help="skip running configs needing more temporaries")
+  parser.add_argument("--mra_precision", default="input",
+                      choices=mra.PRECISIONS)
+  parser.add_argument("--heads_per_step", default="none",
+                      help="MRA heads per step: an int, or 'none' (all)")
+  parser.add_argument("--mra_tunings", default="",
+                      help="extra mra_blocks_pallas rows, e.g. '8x2,4x3' "
+                      "(num_warps x num_stages; GPU)")
   parser.add_argument("--out", default=None, help="JSON output file")
   args = parser.parse_args()
   methods = args.methods.split(",")
   if any(m not in METHODS for m in methods):
     parser.error(f"--methods: choose from {METHODS}")
+  heads_per_step = (None if args.heads_per_step == "none"
+                    else int(args.heads_per_step))
+  runs = [(m, None) for m in methods] + [
+      ("mra_blocks_pallas", tuple(int(x) for x in t.split("x")))
+      for t in args.mra_tunings.split(",") if t]
   dtype = jnp.dtype(args.dtype or (
       "float32" if jax.default_backend() == "cpu" else "bfloat16"))
   info = dict(machine(), **device_peaks(dtype, args.repeats))
   print(f"machine: {info}", flush=True)
   records = []
   for n in (int(x) for x in args.lengths.split(",")):
-    for method in methods:
+    for method, tuning in runs:
       try:
         record = measure(method, n, heads=args.heads, head_dim=args.head_dim,
                          dtype=dtype, block_per_row=args.block_per_row,
                          repeats=args.repeats,
-                         max_bytes=args.max_gb * 2**30)
+                         max_bytes=args.max_gb * 2**30,
+                         mra_precision=args.mra_precision,
+                         heads_per_step=heads_per_step, tuning=tuning)
       except Exception as e:  # pylint: disable=broad-except
         # Out of memory (dense softmax at 65536) or an unsupported shape:
         # record it and go on with the rest of the sweep.

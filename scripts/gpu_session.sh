@@ -74,7 +74,8 @@ jax.__version__, 'flax', flax.__version__, jax.devices())"; } | tee "$OUT/device
 }
 
 kernels() {
-  local select=() bench=(--lengths 16384,4096,65536) attention=()
+  local select=() attention=()
+  local bench=(--lengths 16384,4096,65536 --mra_tunings 8x2,4x3,2x2)
   if [ "$SMOKE" = 1 ]; then
     select=(-k "all_blocks_give_softmax")
     bench=(--lengths 256 --repeats 1 --methods softmax,mra_xla)

@@ -78,6 +78,11 @@ Differences from the original:
     back; the last block's low-resolution mean is then over its real tokens.
   * Precision: float32 (as the original's `.float()`), or float64 when the
     inputs are float64 (used by the gradient tests); output in v's dtype.
+    `precision="input"` (ours, for accelerators) keeps bfloat16/float16
+    inputs in their dtype for the selected blocks' two matmuls (float32
+    accumulation, softmax statistics in float32) and does the
+    low-resolution part in float32 as before; the default "float32" is the
+    original's.
   * mask=None takes the original's unmasked path (block means divide by b,
     no −1e4 terms). The original also takes it at run time when a given mask
     is all ones; we decide statically from `mask is None` (an all-True mask
@@ -118,6 +123,7 @@ from pallas_kernels import mra_attention as mra_kernels
 
 APPROX_MODES = ("full", "sparse")
 IMPLS = ("xla", "pallas")
+PRECISIONS = ("float32", "input")
 _MASK_PENALTY = 1e4  # The original's additive penalty for masked entries.
 _PRIOR_BONUS = 5e3  # The original's score bonus for prior blocks.
 _EMPTY_ROW_MAX = -1e5  # index_max's value for rows with no selected block.
@@ -196,13 +202,18 @@ def _select(scores, num_blocks):
 
 
 def _selected_xla(q, k, v, mu, row_blk, col_blk, nb, block_size, masked):
-  """(out_hi [nb, b, d], norm_hi [nb, b], row_max_hi [nb, b]) by gathers."""
+  """(out_hi [nb, b, d], norm_hi [nb, b], row_max_hi [nb, b]) by gathers.
+
+  Products in q's dtype with `mu.dtype` (float32 or float64) accumulation,
+  the softmax statistics in `mu.dtype`."""
   d = q.shape[-1]
+  acc = mu.dtype
   blocks = lambda x: x.reshape(nb, block_size, -1)
   q_sel = blocks(q)[row_blk]  # [k, b, d]
   k_sel = blocks(k)[col_blk]
   v_sel = blocks(v)[col_blk]
-  s = jnp.einsum("kid,kjd->kij", q_sel, k_sel) / math.sqrt(d)  # [k, b, b]
+  s = jnp.einsum("kid,kjd->kij", q_sel, k_sel,
+                 preferred_element_type=acc) / math.sqrt(d)  # [k, b, b]
   row_max_hi = jax.ops.segment_max(s.max(-1), row_blk, num_segments=nb)
   row_max_hi = jax.lax.stop_gradient(
       jnp.where(jnp.isfinite(row_max_hi), row_max_hi, _EMPTY_ROW_MAX))
@@ -211,8 +222,9 @@ def _selected_xla(q, k, v, mu, row_blk, col_blk, nb, block_size, masked):
     key_mu = mu.reshape(nb, block_size)[col_blk]  # [k, b]
     s = s - _MASK_PENALTY * (1.0 - key_mu[:, None, :])
   p = jnp.exp(s)
-  out_hi = jax.ops.segment_sum(jnp.einsum("kij,kjd->kid", p, v_sel), row_blk,
-                               num_segments=nb)  # [nb, b, d]
+  pv = jnp.einsum("kij,kjd->kid", p.astype(v.dtype), v_sel,
+                  preferred_element_type=acc)
+  out_hi = jax.ops.segment_sum(pv, row_blk, num_segments=nb)  # [nb, b, d]
   norm_hi = jax.ops.segment_sum(p.sum(-1), row_blk, num_segments=nb)
   return out_hi, norm_hi, row_max_hi
 
@@ -224,21 +236,25 @@ def _selected_pallas(q, k, v, mu, flat, nb, block_size):
       q[None], k[None], v[None], mu[None], chosen[None],
       block_sizes=mra_kernels.BlockSizes(block_size),
       interpret=jax.default_backend() == "cpu")
-  blocks = lambda x: x.reshape((nb, block_size) + x.shape[2:])
-  return (blocks(out_hi).astype(v.dtype), blocks(norm_hi).astype(v.dtype),
-          blocks(row_max_hi).astype(v.dtype))
+  blocks = lambda x: x.reshape((nb, block_size) + x.shape[2:]).astype(
+      mu.dtype)
+  return blocks(out_hi), blocks(norm_hi), blocks(row_max_hi)
 
 
 def _head(q, k, v, mu, *, block_size, num_blocks, approx_mode, first_n,
           diag_n, masked, impl):
-  """MRA-2 for one (example, head): q, k, v `[n, d]`, mu `[n]`."""
+  """MRA-2 for one (example, head): q, k, v `[n, d]`, mu `[n]`.
+
+  mu is in the compute dtype (float32/64), q, k, v in that dtype or, with
+  `precision="input"`, in their own (only the selected blocks use them so).
+  """
   n, d = q.shape
   nb = n // block_size
   if masked:
-    q, k, v = (x * mu[:, None] for x in (q, k, v))
+    q, k, v = (x * mu[:, None].astype(x.dtype) for x in (q, k, v))
 
-  logits, row_max, counts, v_hat = _low_resolution(q, k, v, mu, block_size,
-                                                   masked)
+  logits, row_max, counts, v_hat = _low_resolution(
+      *(x.astype(mu.dtype) for x in (q, k, v)), mu, block_size, masked)
   if approx_mode == "sparse":  # Selection only (the original's no_grad).
     logits, row_max = jax.lax.stop_gradient((logits, row_max))
   scores = _block_scores(logits, row_max, first_n, diag_n)
@@ -283,17 +299,19 @@ def _num_blocks(num_block_rows, block_per_row):
   return min(num_block_rows * block_per_row, num_block_rows**2)
 
 
-def _prepare(q, k, v, mask, block_size):
-  """[B, n, H, d] -> padded [B, H, n', d] in the compute dtype, and μ."""
+def _prepare(q, k, v, mask, block_size, precision="float32"):
+  """[B, n, H, d] -> padded [B, H, n', d] and μ in the compute dtype (q, k,
+  v in their common input dtype with `precision="input"`)."""
   batch, length = q.shape[:2]
   dtype = jnp.promote_types(jnp.result_type(q, k, v), jnp.float32)
+  qkv_dtype = jnp.result_type(q, k, v) if precision == "input" else dtype
   padded = -(-length // block_size) * block_size
   masked = mask is not None or padded != length
   if mask is None:
     mask = jnp.ones((batch, length), bool)
   pad = padded - length
   mu = jnp.pad(mask.astype(dtype), ((0, 0), (0, pad)))
-  q, k, v = (jnp.pad(jnp.swapaxes(x.astype(dtype), 1, 2),
+  q, k, v = (jnp.pad(jnp.swapaxes(x.astype(qkv_dtype), 1, 2),
                      ((0, 0), (0, 0), (0, pad), (0, 0))) for x in (q, k, v))
   return q, k, v, mu, masked
 
@@ -319,7 +337,7 @@ def _mra(q, k, v, mu, heads_per_step=None, **static):
 def mra_attention(q, k, v, *, mask=None, block_size=32, block_per_row=8,
                   approx_mode="full", initial_prior_first_n_blocks=1,
                   initial_prior_diagonal_n_blocks=0, heads_per_step=1,
-                  impl="xla", causal=False):
+                  impl="xla", precision="float32", causal=False):
   """MRA-2 approximate self-attention (see the module docstring).
 
   Args:
@@ -350,6 +368,12 @@ def mra_attention(q, k, v, *, mask=None, block_size=32, block_per_row=8,
       (pallas_kernels/mra_attention: the selected-block part as Pallas
       kernels, forward and backward; run by the Pallas interpreter on CPU,
       so only a correctness path there; block_size a power of two).
+    precision: "float32" (the original's: everything in float32, float64
+      for float64 inputs) or "input": the selected blocks' QKᵀ and PV
+      products take q, k, v in their own dtype (e.g. bfloat16 on an
+      accelerator's tensor cores) with float32 accumulation; the softmax
+      statistics, the low-resolution part and the output combination stay
+      float32. Identical to "float32" for float32 inputs.
     causal: must be False (no causal form exists; raises ValueError).
 
   Returns:
@@ -364,8 +388,10 @@ def mra_attention(q, k, v, *, mask=None, block_size=32, block_per_row=8,
                      "None")
   if impl not in IMPLS:
     raise ValueError(f"impl={impl!r}: one of {IMPLS}")
+  if precision not in PRECISIONS:
+    raise ValueError(f"precision={precision!r}: one of {PRECISIONS}")
   length = q.shape[1]
-  qp, kp, vp, mu, masked = _prepare(q, k, v, mask, block_size)
+  qp, kp, vp, mu, masked = _prepare(q, k, v, mask, block_size, precision)
   nb = qp.shape[2] // block_size
   out = _mra(qp, kp, vp, mu, block_size=block_size,
              num_blocks=_num_blocks(nb, block_per_row),

@@ -40,12 +40,23 @@ from pallas_kernels.mra_attention import tpu
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class BlockSizes:
-  """Tile sizes. `block` is MRA's block (tokens per block, 32 in MRA-2)."""
+  """Tile sizes. `block` is MRA's block (tokens per block, 32 in MRA-2).
+
+  `num_warps`, `num_stages`: the GPU (Triton) kernels' launch parameters,
+  for tuning (`scripts/bench_kernels.py --mra_tunings`); ignored elsewhere.
+  """
   block: int = 32
+  num_warps: int = 4
+  num_stages: int = 2
 
   def __post_init__(self):
     if self.block < 1 or self.block & (self.block - 1):
       raise ValueError(f"BlockSizes.block={self.block}: a power of two")
+    if self.num_warps < 1 or self.num_warps & (self.num_warps - 1):
+      raise ValueError(f"BlockSizes.num_warps={self.num_warps}: a power of "
+                       "two")
+    if self.num_stages < 1:
+      raise ValueError(f"BlockSizes.num_stages={self.num_stages}: >= 1")
 
 
 def block_lists(selected):
@@ -59,8 +70,8 @@ def block_lists(selected):
   return index, count
 
 
-def _call(body, index, count, blocked, whole, outputs, *, block, interpret,
-          platform=None):
+def _call(body, index, count, blocked, whole, outputs, *, block_sizes,
+          interpret, platform=None):
   """pallas_call over (group, block row), the layout all three kernels share.
 
   The kernel gets the row's list and count, its own `block` rows of each
@@ -68,6 +79,7 @@ def _call(body, index, count, blocked, whole, outputs, *, block, interpret,
   one block of each output.
   """
   groups, nb, width = index.shape
+  block = block_sizes.block
 
   def spec(x, per_block):
     tail = x.shape[2:]
@@ -81,7 +93,8 @@ def _call(body, index, count, blocked, whole, outputs, *, block, interpret,
               pl.BlockSpec((None, 1), lambda g, i: (g, i))]
   in_specs += [spec(x, True) for x in blocked]
   in_specs += [spec(x, False) for x in whole]
-  params = None if interpret else pallas_kernels.triton_params(platform)
+  params = None if interpret else pallas_kernels.triton_params(
+      platform, block_sizes.num_warps, block_sizes.num_stages)
   return pl.pallas_call(
       body, grid=(groups, nb), in_specs=in_specs,
       out_specs=[spec(o, True) for o in outputs], out_shape=outputs,
@@ -118,7 +131,7 @@ def _forward(q, k, v, key_mask, selected, block_sizes, interpret, platform):
   body = functools.partial(kernel.forward_kernel, block=block,
                            scale=1 / math.sqrt(d))
   return _call(body, index, count, [q], [k, v, key_mask],
-               [f32(v.shape[-1]), f32(), f32()], block=block,
+               [f32(v.shape[-1]), f32(), f32()], block_sizes=block_sizes,
                interpret=interpret, platform=platform)
 
 
@@ -164,15 +177,15 @@ def _bwd(block_sizes, interpret, platform, residuals, cotangents):
   (dq,) = _call(
       functools.partial(kernel.dq_kernel, block=block, scale=scale),
       index, count, [q, dout, dnorm, row_max], [k, v, key_mask],
-      [jax.ShapeDtypeStruct(q.shape, jnp.float32)], block=block,
+      [jax.ShapeDtypeStruct(q.shape, jnp.float32)], block_sizes=block_sizes,
       interpret=interpret, platform=platform)
   # dK/dV: one program per key block J, over the query blocks that chose J.
   dk, dv = _call(
       functools.partial(kernel.dkv_kernel, block=block, scale=scale),
       t_index, t_count, [k, v, key_mask], [q, dout, dnorm, row_max],
       [jax.ShapeDtypeStruct(k.shape, jnp.float32),
-       jax.ShapeDtypeStruct(v.shape, jnp.float32)], block=block,
-      interpret=interpret, platform=platform)
+       jax.ShapeDtypeStruct(v.shape, jnp.float32)],
+      block_sizes=block_sizes, interpret=interpret, platform=platform)
   return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None,
           None)
 

@@ -1,5 +1,8 @@
 """MRA-2: independent reference, exact limits, selection, padding, grads."""
+import functools
+
 import jax
+import jax.extend
 import jax.numpy as jnp
 import jax.test_util
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -305,6 +308,63 @@ def test_low_precision_inputs_compute_in_float32():
                              for x in (q, k, v)), **kw)
   np.testing.assert_allclose(low.astype(jnp.float32), want, rtol=1e-2,
                              atol=1e-2)
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_input_precision_keeps_bf16_products_and_matches_float32(impl):
+  """precision="input": bf16 blocks with float32 accumulation. Equal to the
+  default for float32 inputs; for bf16 inputs within bf16's rounding of the
+  float32 computation, in values and gradients (padding + full mode)."""
+  q, k, v = _inputs(12, length=40)
+  mask = jnp.asarray(_lengths_mask(40, [40, 29]))
+  kw = dict(block_size=8, block_per_row=2, mask=mask, impl=impl)
+  np.testing.assert_array_equal(
+      mra.mra_attention(q, k, v, precision="input", **kw),
+      mra.mra_attention(q, k, v, **kw))
+  low = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+  exact = [x.astype(jnp.float32) for x in low]
+
+  def loss(precision, *args):
+    out = mra.mra_attention(*args, precision=precision, **kw)
+    return jnp.sum(jnp.sin(out.astype(jnp.float32)))
+
+  got = mra.mra_attention(*low, precision="input", **kw)
+  assert got.dtype == jnp.bfloat16
+  want = mra.mra_attention(*exact, **kw)
+  scale = float(jnp.abs(want).max())
+  np.testing.assert_allclose(got.astype(jnp.float32), want,
+                             atol=2e-2 * scale)
+  grads = jax.grad(functools.partial(loss, "input"), argnums=(0, 1, 2))(*low)
+  wants = jax.grad(functools.partial(loss, "float32"),
+                   argnums=(0, 1, 2))(*exact)
+  for a, b in zip(grads, wants):
+    assert a.dtype == jnp.bfloat16
+    np.testing.assert_allclose(a.astype(jnp.float32), b,
+                               atol=3e-2 * float(jnp.abs(b).max()))
+  # The products really run in bf16 (and not at all with "float32").
+  for precision, want_bf16 in (("input", True), ("float32", False)):
+    jaxpr = jax.make_jaxpr(jax.grad(functools.partial(loss, precision),
+                                    argnums=(0, 1, 2)))(*low)
+    pairs = _dot_operand_dtypes(jaxpr.jaxpr)
+    assert (("bfloat16", "bfloat16") in pairs) == want_bf16, pairs
+  with pytest.raises(ValueError, match="precision="):
+    mra.mra_attention(q, k, v, precision="bfloat16")
+
+
+def _dot_operand_dtypes(jaxpr):
+  """{(lhs dtype, rhs dtype)} of every dot_general in a jaxpr, including
+  those inside sub-jaxprs (jit, custom_vjp, loops, Pallas kernels)."""
+  found = set()
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      found.add(tuple(str(x.aval.dtype) for x in eqn.invars))
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else [param]:
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          found |= _dot_operand_dtypes(sub.jaxpr)
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          found |= _dot_operand_dtypes(sub)
+  return found
 
 
 def test_unsupported_settings_raise():
