@@ -11,6 +11,8 @@ after a warm-up) and XLA's compiled peak temporaries of
                bucket cumulation by XLA scatter/gather, the LSH backward
   yoso_pallas  the same through pallas_kernels/yoso_lsh (hash, cumulation
                and the table backward as Triton kernels on GPU)
+  yoso_pallas_sorted  the same sums by sorted tiles (matmuls, no
+               atomics; pallas_kernels/yoso_lsh/sorted_tiles.py)
   mra_blocks_xla, mra_blocks_pallas
                the selected-block part alone (no low-resolution part, no
                top-k): a fixed selection of --block_per_row blocks per row
@@ -47,7 +49,7 @@ from efficient.attention import yoso
 from pallas_kernels import mra_attention as mra_kernels
 
 METHODS = ("softmax", "mra_xla", "mra_pallas", "yoso_xla", "yoso_pallas",
-           "mra_blocks_xla", "mra_blocks_pallas")
+           "yoso_pallas_sorted", "mra_blocks_xla", "mra_blocks_pallas")
 
 
 def _median_ms(fn, args, repeats):
@@ -110,7 +112,7 @@ def attention_fn(method, block_per_row, hash_bits=10, num_hashes=32,
                  mra_precision="input", heads_per_step=None):
   if method == "softmax":
     return softmax.softmax_attention
-  impl = method.split("_")[1]
+  impl = method.split("_", 1)[1]
   if method.startswith("yoso"):
     return lambda q, k, v: yoso.yoso_attention(
         q, k, v, hash_bits=hash_bits, num_hashes=num_hashes,
@@ -144,7 +146,7 @@ def measure(method, n, *, heads, head_dim, dtype, block_per_row, repeats,
     record.update(mra_precision=mra_precision, heads_per_step=heads_per_step)
   if tuning:
     record["tuning"] = "x".join(map(str, tuning))  # num_warps x num_stages
-  if method.endswith("_pallas") and jax.default_backend() == "cpu":
+  if "_pallas" in method and jax.default_backend() == "cpu":
     record["note"] = "not run: Pallas kernels run interpreted on CPU"
     return record
   keys = jax.random.split(jax.random.PRNGKey(n), 3)

@@ -87,7 +87,7 @@ from pallas_kernels import yoso_lsh
 # "lsh": the original's LSH backward, pairs or tables picked at run time;
 # "lsh_pairs" / "lsh_tables" force one algorithm (same sums; `lsh_backward`).
 BACKWARDS = ("lsh", "lsh_pairs", "lsh_tables", "expectation")
-IMPLS = ("xla", "pallas")
+IMPLS = ("xla", "pallas", "pallas_sorted")
 
 
 def _normalize(x, eps=1e-12):
@@ -470,7 +470,9 @@ def yoso_attention(q, k, v, *, mask=None, hash_bits=11, num_hashes=32,
     impl: "xla" (the default) or "pallas": the sampled form's hashing and
       bucket cumulation, forward and the LSH backward (always by tables,
       the original's algorithm), through pallas_kernels/yoso_lsh (GPU via
-      Triton; interpreted on CPU).
+      Triton; interpreted on CPU); "pallas_sorted": the same sums by
+      sorted tiles (pallas_kernels/yoso_lsh/sorted_tiles.py: matmuls, no
+      atomics).
 
   Returns:
     `[batch, length, heads, head_dim]` in the dtype of `v`: L2-normalised
@@ -486,10 +488,10 @@ def yoso_attention(q, k, v, *, mask=None, hash_bits=11, num_hashes=32,
     raise ValueError(f"backward={backward!r}: one of {BACKWARDS}")
   if impl not in IMPLS:
     raise ValueError(f"impl={impl!r}: one of {IMPLS}")
-  if impl == "pallas" and (not sampled or backward not in ("lsh",
-                                                           "lsh_tables")):
-    raise ValueError("impl='pallas' is the sampled form with the original's "
-                     "LSH backward by tables (sampled=True, backward='lsh' "
+  if impl != "xla" and (not sampled or backward not in ("lsh",
+                                                       "lsh_tables")):
+    raise ValueError(f"impl={impl!r} is the sampled form with the "
+                     "original's LSH backward (sampled=True, backward='lsh' "
                      "or 'lsh_tables')")
   if sampled and rng is None:
     raise ValueError("sampled yoso_attention needs rng= (a PRNG key for the "
@@ -504,7 +506,7 @@ def yoso_attention(q, k, v, *, mask=None, hash_bits=11, num_hashes=32,
 
   qn, kn, values = _normalize(groups(q)), _normalize(groups(k)), groups(v)
   mu = jnp.repeat(mask.astype(jnp.float32), heads, axis=0)
-  if sampled and impl == "pallas":
+  if sampled and impl != "xla":
     interpret = jax.default_backend() == "cpu"
     rotation = hash_rotation(rng, (batch * heads,), head_dim,
                              num_hashes=num_hashes, hash_bits=hash_bits,
@@ -513,9 +515,10 @@ def yoso_attention(q, k, v, *, mask=None, hash_bits=11, num_hashes=32,
         yoso_lsh.hash_codes(jax.lax.stop_gradient(x), rotation,
                             hash_bits=hash_bits, num_hashes=num_hashes,
                             interpret=interpret) for x in (qn, kn))
-    out = yoso_lsh.yoso_lsh_cumulation(qn, kn, values, q_codes, k_codes, mu,
-                                       mu, hash_bits=hash_bits,
-                                       interpret=interpret)
+    cumulation = (yoso_lsh.yoso_lsh_cumulation if impl == "pallas" else
+                  yoso_lsh.sorted_lsh_cumulation)
+    out = cumulation(qn, kn, values, q_codes, k_codes, mu, mu,
+                     hash_bits=hash_bits, interpret=interpret)
   elif sampled:
     q_codes, k_codes = hash_codes(
         rng, jax.lax.stop_gradient(qn), jax.lax.stop_gradient(kn),

@@ -12,6 +12,10 @@ swapped, dQ and dK as cumulations of weighted values, one weight dimension
 at a time (the original `lsh_weighted_cumulation` ver1), all through the
 same two kernels. Wired into `efficient.attention.yoso` as `impl="pallas"`.
 
+`sorted_lsh_cumulation` (sorted_tiles.py) computes the same forward and backward
+by sorting tokens by code and multiplying tiles (no atomics):
+`impl="pallas_sorted"`.
+
 Layout: `[groups, n, d]` (groups = batch·heads), codes `[groups, m, n]`,
 masks `[groups, n]` float. n is padded to the token block internally; the
 value width is padded to a power of two (Triton's block shapes).
@@ -40,6 +44,7 @@ from jax.experimental import pallas as pl
 import pallas_kernels
 from pallas_kernels.yoso_lsh import kernel
 from pallas_kernels.yoso_lsh import reference
+from pallas_kernels.yoso_lsh.sorted_tiles import sorted_lsh_cumulation
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -221,4 +226,4 @@ def yoso_lsh_cumulation(q, k, v, q_codes, k_codes, q_mask, k_mask, *,
 
 
 __all__ = ["BlockSizes", "cumulation", "hash_codes", "reference",
-           "yoso_lsh_cumulation"]
+           "sorted_lsh_cumulation", "yoso_lsh_cumulation"]

@@ -13,10 +13,22 @@ import pytest
 from efficient.attention import yoso
 from pallas_kernels import yoso_lsh
 from pallas_kernels.yoso_lsh import reference
+from pallas_kernels.yoso_lsh import sorted_tiles
 from tests.pallas_kernels import LOWERS_TRITON_WITHOUT_GPU
 from tests.pallas_kernels import interpret
 
 SIZES = yoso_lsh.BlockSizes(block=16)
+ALGORITHMS = ["tables", "sorted"]
+
+
+def _cumulation(algorithm):
+  """The Pallas cumulation with the LSH backward, by tables or sorted
+  tiles (16-token blocks / tiles, so 37 tokens make ragged tiles)."""
+  if algorithm == "tables":
+    return lambda *args, **kw: yoso_lsh.yoso_lsh_cumulation(
+        *args, block_sizes=SIZES, interpret=interpret(), **kw)
+  return lambda *args, **kw: sorted_tiles.sorted_lsh_cumulation(
+      *args, tile=16, interpret=interpret(), **kw)
 
 
 def _unit(rng, shape):
@@ -53,16 +65,16 @@ def test_hash_codes_match_the_reference_and_the_xla_path(hashing):
   assert int(codes.max()) < 32 and int(codes.min()) >= 0
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5),
                                        (jnp.bfloat16, 1e-5)])
-def test_cumulation_and_backward_match_the_reference(dtype, tol):
+def test_cumulation_and_backward_match_the_reference(dtype, tol, algorithm):
   q, k, v, mask, rotation, rng = _inputs(2, dtype=dtype)
   q_codes, k_codes = (reference.hash_codes(
       jnp.pad(x, ((0, 0), (0, 0), (0, rotation.shape[1] - 16))), rotation, 5,
       4) for x in (q, k))
-  run = lambda q, k, v: yoso_lsh.yoso_lsh_cumulation(
-      q, k, v, q_codes, k_codes, mask, mask, hash_bits=5, block_sizes=SIZES,
-      interpret=interpret())
+  run = lambda q, k, v: _cumulation(algorithm)(
+      q, k, v, q_codes, k_codes, mask, mask, hash_bits=5)
   out = run(q, k, v)
   want = reference.cumulation(q_codes, k_codes, mask, mask, v, 5)
   dense = reference.collision_matrix(q_codes, k_codes, mask, mask) @ v.astype(
@@ -88,20 +100,28 @@ def test_cumulation_and_backward_match_the_reference(dtype, tol):
     np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("pattern", ["all_collide", "none_collide"])
-def test_extreme_collision_patterns(pattern):
-  q, k, v, mask, _, _ = _inputs(3)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("pattern", ["all_collide", "none_collide",
+                                     "two_buckets"])
+def test_extreme_collision_patterns(pattern, algorithm):
+  q, k, v, mask, _, rng = _inputs(3)
   shape = (2, 4, 37)
   q_codes = jnp.zeros(shape, jnp.int32) + 7
   k_codes = q_codes if pattern == "all_collide" else q_codes + 1
-  out = yoso_lsh.yoso_lsh_cumulation(q, k, v, q_codes, k_codes, mask, mask,
-                                     hash_bits=5, block_sizes=SIZES,
-                                     interpret=interpret())
+  if pattern == "two_buckets":  # Buckets of ~18 tokens: ranges span tiles.
+    q_codes, k_codes = (jnp.asarray(rng.integers(0, 2, shape), jnp.int32)
+                        for _ in range(2))
+  out = _cumulation(algorithm)(q, k, v, q_codes, k_codes, mask, mask,
+                               hash_bits=5)
   if pattern == "none_collide":
     np.testing.assert_array_equal(out, 0.0)
-  else:  # Every query reads the sum of all real values.
+  elif pattern == "all_collide":  # Every query reads the sum of real values.
     want = (v * mask[..., None]).sum(1, keepdims=True) * mask[..., None]
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+  else:
+    want = reference.cumulation(q_codes, k_codes, mask, mask, v, 5)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(want).max()) > 1.0
 
 
 def test_yoso_attention_pallas_impl_equals_xla_impl():
@@ -114,12 +134,13 @@ def test_yoso_attention_pallas_impl_equals_xla_impl():
                 backward="lsh_tables")
   f = lambda impl: lambda q, k, v: yoso.yoso_attention(q, k, v, impl=impl,
                                                        **kwargs)
-  np.testing.assert_allclose(f("pallas")(q, k, v), f("xla")(q, k, v),
-                             atol=1e-6)
   loss = lambda fn: lambda *a: (fn(*a) * jnp.arange(8.0)).sum()
-  for got, want in zip(jax.grad(loss(f("pallas")), (0, 1, 2))(q, k, v),
-                       jax.grad(loss(f("xla")), (0, 1, 2))(q, k, v)):
-    np.testing.assert_allclose(got, want, atol=1e-5)
+  for impl in ("pallas", "pallas_sorted"):
+    np.testing.assert_allclose(f(impl)(q, k, v), f("xla")(q, k, v),
+                               atol=1e-6)
+    for got, want in zip(jax.grad(loss(f(impl)), (0, 1, 2))(q, k, v),
+                         jax.grad(loss(f("xla")), (0, 1, 2))(q, k, v)):
+      np.testing.assert_allclose(got, want, atol=1e-5)
   with pytest.raises(ValueError, match="impl='pallas'"):
     yoso.yoso_attention(q, k, v, impl="pallas", sampled=False)
 
@@ -145,3 +166,9 @@ def test_kernels_lower_to_triton_for_cuda_on_a_cpu_machine():
   with pytest.raises(NotImplementedError, match="tpu"):
     yoso_lsh.hash_codes(q, rotation, hash_bits=5, num_hashes=4,
                         platform="tpu")
+  # Sorted tiles: one kernel each for the forward, dV, dQ and dK.
+  sorted_loss = lambda q, k, v: sorted_tiles.sorted_lsh_cumulation(
+      q, k, v, codes, codes, mask, mask, hash_bits=5, platform="gpu").sum()
+  lowered = jax.jit(jax.value_and_grad(sorted_loss, argnums=(0, 1, 2))).trace(
+      q, k, v).lower(lowering_platforms=("cuda",)).as_text()
+  assert lowered.count("xla.gpu.triton") == 4

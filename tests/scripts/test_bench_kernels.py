@@ -35,6 +35,7 @@ def test_bench_kernels_cpu_reports_xla_rows_and_skips_pallas(tmp_path):
     assert r["peak_tflops"] > 0 and r["peak_gbps"] > 0
   assert records["mra_pallas"]["note"].startswith("not run")
   assert records["yoso_pallas"]["note"].startswith("not run")
+  assert records["yoso_pallas_sorted"]["note"].startswith("not run")
   assert "| mra_xla | 128 |" in result.stdout
 
 
