@@ -8,7 +8,8 @@ of LightMotion) and the LightMotion evaluation settings.
   python -m experiments.train --config=configs/video.py:static,smoke \
       --workdir=/tmp/video_smoke
 
-Variants (arg = "<data>[,smoke][,seed=N][,steps=N][,prediction=v|epsilon]"):
+Variants (arg = "<data>[,smoke][,seed=N][,steps=N][,prediction=v|epsilon]
+[,size=32|16]"):
   * `static` — trained on `fmnist_video/static` (efficient/data/fmnist_video:
     8 frames of 32×32×1, a Fashion-MNIST object moving over a textured
     background, the camera still), so any camera motion in its samples comes
@@ -38,6 +39,13 @@ noise, with no amplification; the samplers take ε = sqrt(ᾱ) v + sqrt(1 − �
 x_n (`DiffusionTask.epsilon`), so LightMotion is unchanged.
 `prediction=epsilon` gives the earlier model.
 
+`size=16`: the same videos with every frame averaged over 2×2 pixel blocks
+(`pipeline.VideoToFloat(downsample=2)`) and a patch-2 model, so the token
+grid (8×8 per frame) and the compute stay those of the 32×32 patch-4 model
+while each token predicts 4 pixels instead of 16 (the fmnist16 variants of
+configs/diffusion.py do the same for images). Motions are the same
+fractions of the frame.
+
 `config.lightmotion` (read by experiments/lightmotion.py): the camera moves
 to request (`Motion` units: pan x, y in frame sizes over the clip, zoom z,
 roll θ in degrees), the schedule T0 → T1 → T2, the fill, alignment and
@@ -64,17 +72,20 @@ MOTIONS = {
 
 
 def get_config(arg=None):
-  """arg = "<data>[,smoke][,seed=N][,steps=N]" (module docstring)."""
+  """arg = "<data>[,smoke][,seed=N][,steps=N][,prediction=..][,size=..]"
+  (module docstring)."""
   arg = common.parse_arg(arg, data="static", smoke=False, seed=0, steps=3000,
-                         prediction="v")
+                         prediction="v", size=32)
   if arg.data not in ("static", "moving"):
     raise ValueError(f"config arg data={arg.data!r}: 'static' or 'moving'")
+  if arg.size not in (32, 16):
+    raise ValueError(f"config arg size={arg.size!r}: 32 or 16")
   c = ml_collections.ConfigDict()
   c.task = "diffusion"
   c.seed = arg.seed
-  c.model = dict(name="video_dit", num_frames=8, input_size=32,
-                 in_channels=1, patch_size=4, depth=4, hidden=96, heads=4,
-                 num_classes=10)
+  c.model = dict(name="video_dit", num_frames=8, input_size=arg.size,
+                 in_channels=1, patch_size=arg.size // 8, depth=4, hidden=96,
+                 heads=4, num_classes=10)
   c.batch_size = 32
   c.total_steps = arg.steps
   c.optimizer = dict(name="adamw", lr=2e-4, b1=0.9, b2=0.99, eps=1e-8,
@@ -94,7 +105,8 @@ def get_config(arg=None):
   c.compute_dtype = "float32"
   c.progress = True
   c.data = dict(name="fmnist_video", builder_config=arg.data,
-                data_dir=config_dict.placeholder(str), prepare=True)
+                data_dir=config_dict.placeholder(str), prepare=True,
+                downsample=32 // arg.size)
   c.diffusion = dict(betas="linear", num_steps=1000, label_dropout=0.1,
                      prediction=arg.prediction)
   # A strip of one uncontrolled video per class at the end of training.

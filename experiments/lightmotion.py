@@ -171,11 +171,13 @@ def motion_scores(videos, motion, frames, size):
   }
 
 
-def estimator_check(data_dir, num_videos, smoke=False):
-  """The estimator's error on real videos with known camera moves."""
+def estimator_check(data_dir, num_videos, smoke=False, downsample=1):
+  """The estimator's error on real videos with known camera moves (at the
+  model's resolution: frames averaged over `downsample`² pixel blocks)."""
   # pylint: disable=g-import-not-at-top
   import numpy as np
   from efficient.data import fmnist_video
+  from efficient.data import pipeline
   from efficient.diffusion import lightmotion
   from efficient.diffusion import motion_estimation
 
@@ -188,7 +190,7 @@ def estimator_check(data_dir, num_videos, smoke=False):
   errors = []
   for i in range(min(num_videos, len(source))):
     example = source[i]
-    video = example["video"].astype(np.float32) / 127.5 - 1.0
+    video = pipeline.VideoToFloat(downsample).map(example)["video"]
     path = lightmotion.camera_path(
         lightmotion.Motion(*map(float, example["camera"])),
         *video.shape[:3])
@@ -280,6 +282,7 @@ def run(workdir, num_videos=None, motions=None, ablations=None):
   import jax
   import numpy as np
   from efficient.data import fashion_mnist
+  from efficient.data import pipeline
   from efficient.diffusion import fid
   from efficient.diffusion import training
   from efficient.errors import ConfigError
@@ -306,19 +309,20 @@ def run(workdir, num_videos=None, motions=None, ablations=None):
   data_dir = builder.data_dir_root
   smoke = config.data.builder_config == "smoke"
 
-  results = estimator_check(data_dir, ESTIMATOR_VIDEOS, smoke)
+  downsample = task.transform.downsample  # 2 for configs/video.py's size=16.
+  results = estimator_check(data_dir, ESTIMATOR_VIDEOS, smoke, downsample)
   fmnist = fashion_mnist.FashionMnistDeb(
       config="smoke" if smoke else "full", data_dir=data_dir,
       file_format="array_record")
   if not fmnist.is_prepared():
     fmnist.download_and_prepare()
   classifier, info = fid.load_or_train(
-      fmnist, steps=settings.get("classifier_steps", 1500),
-      progress=config.progress)
+      fmnist, transform=pipeline.ImageToFloat(size, downsample),
+      steps=settings.get("classifier_steps", 1500), progress=config.progress)
   real = builder.as_data_source(split=settings["reference_split"])
   count = min(len(real), settings.get("reference_videos", 500))
-  real_frames = np.concatenate([
-      real[i]["video"].astype(np.float32) / 127.5 - 1.0 for i in range(count)])
+  real_frames = np.concatenate([task.transform.map(real[i])["video"]
+                                for i in range(count)])
   real_logits, real_features = fid.apply_in_batches(classifier, real_frames)
   real_labels = np.repeat([real[i]["label"] for i in range(count)], frames)
   results.update({

@@ -71,6 +71,16 @@ class PadTokens(grain.transforms.Map):
     return {"tokens": padded, "label": np.int32(element["label"])}
 
 
+def block_mean(x, k):
+  """Averages k×k pixel blocks of [..., h, w, c] (h, w divisible by k)."""
+  if k == 1:
+    return x
+  *lead, h, w, c = x.shape
+  if h % k or w % k:
+    raise ValueError(f"image {h}×{w} is not divisible by downsample={k}")
+  return x.reshape(*lead, h // k, k, w // k, k, c).mean(axis=(-4, -2))
+
+
 class ImageToFloat(grain.transforms.Map):
   """uint8 image [h, w, c] → float32 in [−1, 1], zero-padded to `size`².
 
@@ -86,13 +96,8 @@ class ImageToFloat(grain.transforms.Map):
     self.downsample = downsample
 
   def map(self, element):
-    image = np.asarray(element["image"], np.float32) / 127.5 - 1.0
-    k = self.downsample
-    if k > 1:
-      h, w, c = image.shape
-      if h % k or w % k:
-        raise ValueError(f"image {h}×{w} is not divisible by downsample={k}")
-      image = image.reshape(h // k, k, w // k, k, c).mean(axis=(1, 3))
+    image = block_mean(np.asarray(element["image"], np.float32) / 127.5 - 1.0,
+                       self.downsample)
     h, w = image.shape[:2]
     if h > self.size or w > self.size:
       raise ValueError(f"image {h}×{w} is larger than size {self.size}")
@@ -103,11 +108,17 @@ class ImageToFloat(grain.transforms.Map):
 
 
 class VideoToFloat(grain.transforms.Map):
-  """uint8 video [F, h, w, c] → float32 in [−1, 1] (key "video"), + label."""
+  """uint8 video [F, h, w, c] → float32 in [−1, 1] (key "video"), + label;
+  `downsample` = k averages k×k pixel blocks of every frame (32×32 → 16×16
+  for k = 2)."""
+
+  def __init__(self, downsample=1):
+    self.downsample = downsample
 
   def map(self, element):
     video = np.asarray(element["video"], np.float32) / 127.5 - 1.0
-    return {"video": video, "label": np.int32(element["label"])}
+    return {"video": block_mean(video, self.downsample),
+            "label": np.int32(element["label"])}
 
 
 def _local_batch_size(global_batch_size):

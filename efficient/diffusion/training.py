@@ -91,9 +91,9 @@ class DiffusionTask:
     self.key = "video" if frames else "image"
     self.shape = ((frames,) if frames else ()) + (self.size, self.size,
                                                   self.channels)
-    self.transform = (pipeline.VideoToFloat() if frames else
-                      pipeline.ImageToFloat(self.size,
-                                            config.data.get("downsample", 1)))
+    downsample = config.data.get("downsample", 1)
+    self.transform = (pipeline.VideoToFloat(downsample) if frames else
+                      pipeline.ImageToFloat(self.size, downsample))
     if config.data.name == "fashion_mnist" and self.channels != 1:
       raise ConfigError(
           f"config.model.in_channels={self.channels}, but config.data "

@@ -112,3 +112,17 @@ def test_image_to_float_downsample_averages_2x2_blocks_then_pads_to_16():
   assert (out[0] == -1).all() and (out[:, 15] == -1).all()
   with pytest.raises(ValueError, match="divisible"):
     pipeline.ImageToFloat(16, downsample=3).map({"image": image, "label": 0})
+
+
+def test_video_to_float_downsample_averages_2x2_blocks_of_every_frame():
+  video = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 1), np.uint8)
+  out = pipeline.VideoToFloat(downsample=2).map({"video": video, "label": 4})
+  assert out["video"].shape == (3, 16, 16, 1) and out["label"] == 4
+  scaled = video.astype(np.float32) / 127.5 - 1.0
+  for f, i, j in ((0, 0, 0), (1, 7, 3), (2, 15, 15)):
+    np.testing.assert_allclose(
+        out["video"][f, i, j, 0],
+        scaled[f, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean(), rtol=1e-6)
+  np.testing.assert_array_equal(
+      pipeline.VideoToFloat().map({"video": video, "label": 4})["video"],
+      scaled)

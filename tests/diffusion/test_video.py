@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+import pytest
 
 from configs import video as video_configs
 from efficient import models
@@ -69,7 +70,24 @@ def test_video_task_loss_is_the_v_error_over_all_frames():
       atol=1e-6)
 
 
+def test_size_16_keeps_the_token_grid_and_downsamples_the_data():
+  config = video_configs.get_config("static,size=16")
+  assert (config.model.input_size, config.model.patch_size,
+          config.data.downsample) == (16, 2, 2)
+  base = video_configs.get_config("static")
+  assert (base.model.input_size, base.model.patch_size,
+          base.data.downsample) == (32, 4, 1)
+  kwargs = config.model.to_dict()
+  task = training.DiffusionTask(config, models.get_model(kwargs.pop("name"),
+                                                         **kwargs))
+  assert task.shape == (8, 16, 16, 1) and task.transform.downsample == 2
+  with pytest.raises(ValueError, match="size"):
+    video_configs.get_config("static,size=24")
+
+
 def test_train_then_lightmotion_cli_runs_every_motion(tmp_path):
+  """At size=16 (2×2-averaged frames, patch 2), which also runs the
+  downsampling in training, the scripts and the evaluation."""
   idx = tmp_path / "idx"
   idx.mkdir()
   conftest.write_fake_fashion(idx, num_test=40)
@@ -77,7 +95,7 @@ def test_train_then_lightmotion_cli_runs_every_motion(tmp_path):
              JAX_DISABLE_MOST_OPTIMIZATIONS=1)
   workdir = tmp_path / "run"
   result = conftest.run_module(
-      "experiments.train", "--config=configs/video.py:static,smoke",
+      "experiments.train", "--config=configs/video.py:static,smoke,size=16",
       f"--workdir={workdir}", devices=1, timeout=600, **env)
   assert result.returncode == 0, result.stderr[-3000:]
   assert (workdir / "samples.png").exists()
@@ -97,7 +115,7 @@ def test_train_then_lightmotion_cli_runs_every_motion(tmp_path):
   assert check.returncode == 0, check.stderr[-2000:]
   assert "DDIM from n = 300: MSE" in check.stdout
   picture = np.asarray(Image.open(tmp_path / "sdedit.png"))
-  assert picture.shape[:2] == (4 * 32 * 4, 2 * 32 * 4)  # 4 rows, 2 columns.
+  assert picture.shape[:2] == (4 * 16 * 4, 2 * 16 * 4)  # 4 rows, 2 columns.
   result = conftest.run_module(
       "experiments.lightmotion", f"--workdir={workdir}",
       "--ablations=no_mask", devices=1, timeout=600, **env)
@@ -115,7 +133,7 @@ def test_train_then_lightmotion_cli_runs_every_motion(tmp_path):
             (name.replace("/", "__") + ".gif")).exists()
   # The requested step is the configured motion's, in screen units.
   path = lightmotion.camera_path(lightmotion.Motion(*video_configs.MOTIONS[
-      "pan_right"]), 8, 32, 32)
+      "pan_right"]), 8, 16, 16)
   np.testing.assert_allclose(out["conditions"]["pan_right"]["requested_step"]
                              [0], path[1, 0, 2], rtol=1e-6)
   assert out["estimator/num_videos"] == 8
