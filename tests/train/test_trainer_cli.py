@@ -132,7 +132,8 @@ def _run_until(workdir, data_dir, flags, min_step, sig, devices=1):
   return proc.returncode, stderr
 
 
-LONG = ("--config.total_steps=30", "--config.checkpoint_every=1",
+TOTAL = 12  # Steps of the interrupted runs: a kill at step 5 leaves 7.
+LONG = (f"--config.total_steps={TOTAL}", "--config.checkpoint_every=1",
         "--config.keep_checkpoints=2")
 
 
@@ -141,23 +142,24 @@ def test_sigkill_then_resume_is_bitwise_equal_to_uninterrupted(
   straight, broken = tmp_path / "straight", tmp_path / "broken"
   # The uninterrupted run saves only at the end (checkpointing must not
   # change the trajectory); the broken one saves every step.
-  _ok(train(straight, *LONG, "--config.checkpoint_every=30",
+  _ok(train(straight, *LONG, f"--config.checkpoint_every={TOTAL}",
             data_dir=listops_data_dir, devices=1))
   code, _ = _run_until(broken, listops_data_dir, LONG, 5, signal.SIGKILL)
   assert code == -signal.SIGKILL
-  assert _steps(broken)[-1] < 30
+  assert _steps(broken)[-1] < TOTAL
   resumed = _ok(train(broken, *LONG, data_dir=listops_data_dir, devices=1))
   assert "Resumed from checkpoint at step" in resumed.stderr
-  a, b = _params(straight, 30), _params(broken, 30)
+  a, b = _params(straight, TOTAL), _params(broken, TOTAL)
   assert a.keys() == b.keys()
   for name in a:
     np.testing.assert_array_equal(a[name], b[name], err_msg=name)
   # Same batches: the data iterators end in the same state.
-  assert _iterator_state(straight, 30) == _iterator_state(broken, 30)
+  assert (_iterator_state(straight, TOTAL) ==
+          _iterator_state(broken, TOTAL))
   # metrics.jsonl holds each step once, in order, despite the replay.
   steps = [json.loads(l)["step"] for l in (broken / "metrics.jsonl").open()
            if "train/loss" in l]
-  assert steps == list(range(1, 31))
+  assert steps == list(range(1, TOTAL + 1))
 
 
 def _iterator_state(workdir, step):
@@ -173,9 +175,9 @@ def test_sigterm_saves_and_exits_cleanly(listops_data_dir, tmp_path):
   assert code == 0, stderr[-2000:]
   assert "Preempted: checkpoint saved at step" in stderr
   stopped = int(stderr.split("checkpoint saved at step ")[1].split(";")[0])
-  assert _steps(workdir)[-1] == stopped < 30
+  assert _steps(workdir)[-1] == stopped < TOTAL
   assert not (workdir / "results.json").exists()
-  resumed = _ok(train(workdir, *LONG, "--config.checkpoint_every=30",
+  resumed = _ok(train(workdir, *LONG, f"--config.checkpoint_every={TOTAL}",
                       data_dir=listops_data_dir, devices=1))
   assert f"Resumed from checkpoint at step {stopped}" in resumed.stderr
 
