@@ -44,6 +44,7 @@ from jax.experimental import pallas as pl
 import pallas_kernels
 from pallas_kernels.yoso_lsh import kernel
 from pallas_kernels.yoso_lsh import reference
+from pallas_kernels.yoso_lsh.sorted_tiles import pow2
 from pallas_kernels.yoso_lsh.sorted_tiles import sorted_lsh_cumulation
 
 
@@ -55,10 +56,6 @@ class BlockSizes:
   def __post_init__(self):
     if self.block < 16 or self.block & (self.block - 1):
       raise ValueError(f"BlockSizes.block={self.block}: a power of two ≥ 16")
-
-
-def _pow2(x, minimum=16):
-  return max(minimum, 1 << (int(x) - 1).bit_length())
 
 
 def _params(interpret, platform):
@@ -86,9 +83,9 @@ def hash_codes(x, rotation, *, hash_bits, num_hashes, block_sizes=None,
   block = (block_sizes or BlockSizes()).block
   groups, n, d = x.shape
   columns = num_hashes * hash_bits
-  width, hashes = _pow2(columns), _pow2(num_hashes)
+  width, hashes = pow2(columns), pow2(num_hashes)
   rows = rotation.shape[1]  # ≥ d: the hash may work in a padded dimension.
-  dim = _pow2(rows)
+  dim = pow2(rows)
   rotation = jnp.pad(rotation[..., :columns].astype(jnp.float32),
                      ((0, 0), (0, dim - rows), (0, width - columns)))
   pack = np.zeros((width, hashes), np.float32)
@@ -113,7 +110,7 @@ def cumulation(q_codes, k_codes, q_mask, k_mask, values, *, hash_bits,
   block = (block_sizes or BlockSizes()).block
   groups, num_hashes, n = q_codes.shape
   e = values.shape[-1]
-  width = _pow2(e)
+  width = pow2(e)
   buckets = 2**hash_bits
   params = _params(interpret, platform)
   values = values.astype(jnp.float32) * k_mask[..., None]

@@ -104,12 +104,12 @@ def sorted_cumulation(rows, cols, values, *, row_weight=None, col_weight=None,
   """Σ_h Y_h[i] = Σ_h Σ_{j: c_h(col j) = c_h(row i)} w_ij values_j, [g, n, e]
   float32, with w_ij = 1 or row_weight_i · col_weight_j.
 
-  rows, cols: the `sort_codes` and `column_ranges` of the row and column
-  tokens: (order, sorted codes, ranges) and (order, sorted codes). values
+  rows, cols: from `_plan`: (order, sorted codes, column ranges, inverse
+  order) of the row tokens, (order, sorted codes) of the columns. values
   [g, n, e] (masked columns already zeroed), weights [g, n, f]. No sums
   over hashes are divided by m here and no row mask is applied.
   """
-  row_order, row_sorted, ranges = rows
+  row_order, row_sorted, ranges, inverse = rows
   col_order, col_sorted = cols
   g, m, padded = row_order.shape
   n, e = values.shape[1:]
@@ -135,7 +135,6 @@ def sorted_cumulation(rows, cols, values, *, row_weight=None, col_weight=None,
       out_shape=jax.ShapeDtypeStruct((g, m, tiles * tile, e), jnp.float32),
       interpret=interpret, compiler_params=params)(*operands)
   # Un-sort: row order[r] received out[r]; rows past n are padding.
-  inverse = jnp.argsort(row_order[..., :n], axis=-1).astype(jnp.int32)
   return jnp.take_along_axis(out, inverse[..., None], axis=2).sum(1)
 
 
@@ -143,7 +142,8 @@ def _pad_last(x, width):
   return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - x.shape[-1])])
 
 
-def _pow2(x, minimum=16):
+def pow2(x, minimum=16):
+  """The smallest power of two ≥ max(x, minimum) (Triton block widths)."""
   return max(minimum, 1 << (int(x) - 1).bit_length())
 
 
@@ -152,8 +152,12 @@ def _plan(q_codes, k_codes, tile):
   n = q_codes.shape[-1]
   q_order, q_sorted = sort_codes(q_codes, tile)
   k_order, k_sorted = sort_codes(k_codes, tile)
-  q_rows = (q_order, q_sorted, column_ranges(q_sorted, k_sorted, n, tile))
-  k_rows = (k_order, k_sorted, column_ranges(k_sorted, q_sorted, n, tile))
+  inverse = lambda order: jnp.argsort(order[..., :n], axis=-1).astype(
+      jnp.int32)  # Once per direction, shared by its two passes.
+  q_rows = (q_order, q_sorted, column_ranges(q_sorted, k_sorted, n, tile),
+            inverse(q_order))
+  k_rows = (k_order, k_sorted, column_ranges(k_sorted, q_sorted, n, tile),
+            inverse(k_order))
   return q_rows, (k_order, k_sorted), k_rows, (q_order, q_sorted)
 
 
@@ -162,9 +166,9 @@ def _cumulate(rows, cols, values, row_mask, col_mask, num_hashes, *,
   """(1/m) μ_i Σ_h Σ_j coll μ_j w_ij values_j (the masks and the 1/m of
   `reference.cumulation`), with the widths padded to powers of two."""
   e = values.shape[-1]
-  values = _pad_last(values * col_mask[..., None], _pow2(e))
+  values = _pad_last(values * col_mask[..., None], pow2(e))
   if row_weight is not None:
-    f = _pow2(row_weight.shape[-1])
+    f = pow2(row_weight.shape[-1])
     row_weight, col_weight = (_pad_last(w, f) for w in (row_weight,
                                                         col_weight))
   out = sorted_cumulation(rows, cols, values, row_weight=row_weight,
