@@ -126,6 +126,7 @@ def get_config(arg=None):
     common.shrink_for_smoke(c)
     c.model.update(depth=1, hidden=32, heads=2)
     c.sample.update(num_samples=2, batch_size=2, num_steps=4)
-    c.lightmotion.update(num_videos=2, batch_size=2, num_steps=8,
+    # 10 steps: every ablation's t0 > t1 (and t2) falls on a sampler step.
+    c.lightmotion.update(num_videos=2, batch_size=2, num_steps=10,
                          reference_videos=4, classifier_steps=5)
   return c

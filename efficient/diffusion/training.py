@@ -252,6 +252,9 @@ def generate(task, params, *, num_samples, batch_size, seed=0, mesh=None,
   batch: a sampling job cut short resumes instead of starting over.
   """
   labels = np.arange(num_samples, dtype=np.int32) % task.null_class
+  if mesh is not None:  # Every batch splits evenly over the batch shards.
+    shards = sharding.num_batch_shards(mesh)
+    batch_size = -(-batch_size // shards) * shards
   run = make_sampler(task, **sampler_kwargs)
   compiled = jax.jit(lambda *args: jnp.clip(run(*args), -1.0, 1.0))
   shape = (batch_size,) + task.shape

@@ -14,7 +14,7 @@ def _run(tmp_path, *args):
   env = dict(os.environ, GPU_SESSION_SMOKE="1", PY=sys.executable,
              OUT=str(tmp_path / "out"), TFDS_DATA_DIR=str(tmp_path / "tfds"),
              RUNS=str(tmp_path / "runs"), JAX_PLATFORMS="cpu",
-             BUNDLE=str(tmp_path / "bundle.tgz"))
+             BUNDLE=str(tmp_path / "bundle.tgz"), SAMPLE_N="16")
   result = subprocess.run(["bash", "scripts/gpu_session.sh", *args],
                           cwd=conftest.REPO, env=env, capture_output=True,
                           text=True, timeout=600, check=False)
@@ -41,8 +41,28 @@ def test_kernels_then_lra_modes_write_their_outputs(tmp_path):
   assert "jax" in (tmp_path / "out/device.txt").read_text()
 
 
+def test_models_mode_trains_samples_and_evaluates(tmp_path):
+  out = _run(tmp_path, "models")
+  assert "bench_kernels: exit 0" in out and "pallas tests: exit 0" in out
+  for step in ("fmnist16_dit_s0: train exit 0", "fmnist16_dit_s0: sample exit 0",
+               "video16_v: train exit 0", "video16_v: sdedit exit 0",
+               "video16_v: lightmotion exit 0"):
+    assert step in out, out
+  results = json.loads(
+      (tmp_path / "out/fmnist16_dit_s0/results.json").read_text())
+  assert {"ddpm_250/fid", "dpm_solver_pp_20/fid"} <= set(results)
+  with tarfile.open(tmp_path / "bundle.tgz") as bundle:  # No video in it:
+    names = set(bundle.getnames())  # those travel as files of their own.
+  assert "out/fmnist16_dit_s0/results.json" in names
+  assert not any(n.startswith("out/video") for n in names)
+  with tarfile.open(tmp_path / "out/video16_v_files.tgz") as files:
+    assert "video16_v/lightmotion/results.json" in files.getnames()
+  with tarfile.open(tmp_path / "out/video16_v_ckpt.tgz") as ckpt:
+    assert "config.json" in ckpt.getnames()
+
+
 def test_unknown_mode_prints_usage():
-  result = subprocess.run(["bash", "scripts/gpu_session.sh", "train"],
+  result = subprocess.run(["bash", "scripts/gpu_session.sh", "bogus"],
                           cwd=conftest.REPO, capture_output=True, text=True,
                           check=False)
   assert result.returncode == 2 and "usage:" in result.stderr
