@@ -32,7 +32,9 @@
 #       check and the LightMotion evaluation) and a longer one
 #       ($VIDEO_LONG_STEPS, default 12,000), beside the compiled Pallas
 #       tests; everything stops by $DEADLINE s (the trainer saves on SIGTERM).
-#       Video runs come back as $CKPT_OUT/<run>_files.tgz and _ckpt.tgz.
+#       Video runs, and runs stopped before their end, come back as
+#       $CKPT_OUT/<run>.tgz: their files and last checkpoint (resume with
+#       the same train command on a workdir holding config.json and it).
 #       VIDEOS=0 skips them, BENCH_SECONDS=0 the benchmark (BENCH_LENGTHS
 #       picks its lengths): a second call on the warm machine can add seeds.
 # The device returns at most 8 files: there, run with OUT=/tmp/o
@@ -80,7 +82,7 @@ kit() {
 bundle() {  # $BUNDLE: one .tgz of $OUT, rewritten after every stage (the
   # device brings back at most 8 files, and nothing a killed command meant
   # to write at its end).
-  # Video runs travel as their own files (models: $CKPT_OUT), not in it.
+  # Video runs travel as files of their own (models: $CKPT_OUT/<run>.tgz).
   [ -z "${BUNDLE:-}" ] || { tar czf "$BUNDLE.tmp" --exclude="$(basename "$OUT")/video*" \
     -C "$(dirname "$OUT")" "$(basename "$OUT")" 2>/dev/null; mv "$BUNDLE.tmp" "$BUNDLE"; }
 }
@@ -198,7 +200,8 @@ run_model() {  # CONFIG NAME [then: "sample" | "lightmotion" | "sdedit"...]:
   timeout -s TERM -k 30 "$(left 60)" "$PY" -m experiments.train \
     --config="$config" --workdir="$workdir" --config.progress=False \
     > "$OUT/$name/train.log" 2>&1
-  echo "$name: train exit $? after $((SECONDS - t0))s; $(tail -1 \
+  local trained=$?
+  echo "$name: train exit $trained after $((SECONDS - t0))s; $(tail -1 \
     "$workdir/metrics.jsonl" 2>/dev/null | cut -c1-150)"
   for step in "$@"; do
     case $step in
@@ -220,14 +223,15 @@ run_model() {  # CONFIG NAME [then: "sample" | "lightmotion" | "sdedit"...]:
   (cd "$workdir" && find . -maxdepth 2 \( -name "*.json" -o -name "*.jsonl" \
     -o -name "*.png" -o -name "*.gif" \) -size -4M -print0 |
     xargs -0 -r cp --parents -t "$OUT/$name/")
-  case $name in video*)  # Strips and GIFs, and the last checkpoint (to
-    # evaluate again elsewhere), each its own file beside the bundle.
-    tar czf "$CKPT_OUT/${name}_files.tgz" -C "$OUT" "$name"
+  if [[ $name == video* ]] || [ $trained != 0 ]; then
+    # Its files and last checkpoint (to evaluate or resume elsewhere): one
+    # file of its own beside the bundle (video strips and GIFs, and a
+    # checkpoint of 7-15 MB, would crowd the bundle's 16 MiB).
     local last
     last=$(ls "$workdir/checkpoints" 2>/dev/null | grep -E '^[0-9]+$' | sort -n | tail -1)
-    [ -z "$last" ] || tar czf "$CKPT_OUT/${name}_ckpt.tgz" -C "$workdir" \
-      config.json "checkpoints/$last" ;;
-  esac
+    tar czf "$CKPT_OUT/$name.tgz" -C "$(dirname "$OUT")" "$(basename "$OUT")/$name" \
+      ${last:+-C "$workdir" config.json "checkpoints/$last"}
+  fi
 }
 
 models() {  # Issue 4's benchmark on a quiet GPU while the data builds; then

@@ -55,10 +55,10 @@ def test_models_mode_trains_samples_and_evaluates(tmp_path):
     names = set(bundle.getnames())  # those travel as files of their own.
   assert "out/fmnist16_dit_s0/results.json" in names
   assert not any(n.startswith("out/video") for n in names)
-  with tarfile.open(tmp_path / "out/video16_v_files.tgz") as files:
-    assert "video16_v/lightmotion/results.json" in files.getnames()
-  with tarfile.open(tmp_path / "out/video16_v_ckpt.tgz") as ckpt:
-    assert "config.json" in ckpt.getnames()
+  with tarfile.open(tmp_path / "out/video16_v.tgz") as run:
+    names = set(run.getnames())  # Its files and its last checkpoint.
+  assert {"out/video16_v/lightmotion/results.json", "config.json",
+          "checkpoints/2/_CHECKPOINT_METADATA"} <= names
 
 
 def test_unknown_mode_prints_usage():
