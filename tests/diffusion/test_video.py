@@ -129,6 +129,7 @@ def test_train_then_lightmotion_cli_runs_every_motion(tmp_path):
     for key in ("shift_error_px", "scale_error_pct", "rotation_error_deg",
                 "fid", "kid", "class_accuracy"):
       assert np.isfinite(record[key]), (name, key)
+    assert np.isfinite(record["realised_step_all_pixels"]).all(), name
     assert (workdir / "lightmotion" /
             (name.replace("/", "__") + ".gif")).exists()
   # The requested step is the configured motion's, in screen units.
