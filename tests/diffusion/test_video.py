@@ -141,3 +141,21 @@ def test_train_then_lightmotion_cli_runs_every_motion(tmp_path):
   assert out["estimator/shift_px"] < 0.5
   assert (workdir / "lightmotion" / "motion_errors.png").exists()
   assert "| pan_zoom_roll |" in result.stdout
+
+
+def test_count_params_counts_the_video_model_it_would_train():
+  config = video_configs.get_config("static,size=16,smoke")
+  result = subprocess.run(
+      [sys.executable, "scripts/count_params.py",
+       "--config=configs/video.py:static,size=16,smoke"], cwd=conftest.REPO,
+      env=conftest.subprocess_env(devices=1), capture_output=True, text=True,
+      timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  out = json.loads(result.stdout)
+  kwargs = dict(config.model)
+  model = models.get_model(kwargs.pop("name"), **kwargs)
+  video = jnp.zeros((1, config.model.num_frames, 16, 16, 1))
+  step = jnp.zeros((1,), jnp.int32)
+  params = model.init(jax.random.PRNGKey(0), video, step, step)
+  assert out["params"] == sum(p.size for p in jax.tree.leaves(params))
+  assert out["gmacs"] == pytest.approx(training.forward_macs(model) / 1e9)
