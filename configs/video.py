@@ -15,7 +15,10 @@ Variants (arg = "<data>[,smoke][,seed=N][,steps=N][,prediction=v|epsilon]
     background, the camera still), so any camera motion in its samples comes
     from LightMotion;
   * `moving` — the same model trained on `fmnist_video/moving` (random
-    camera moves), for comparison.
+    camera moves), for comparison;
+  * `static_bold`, `moving_bold` — the same on the bold-background builder
+    configs (a background the denoiser fixes early; see
+    experiments/lightmotion/README.md).
 
 Model (ours, sized for a 2-core CPU): `VideoDiT`, patch 4 (8×8 tokens per
 frame), width 96, depth 4, 4 heads, factorised space–time attention,
@@ -58,6 +61,7 @@ from configs import common
 
 # name: (x, y, z, theta) — pans of a quarter frame (1 px per frame step
 # over 8 frames), zooms by ±25%, rolls of ±20°, one combination.
+DATA = ("static", "moving", "static_bold", "moving_bold")  # fmnist_video's
 MOTIONS = {
     "pan_right": (0.25, 0.0, 0.0, 0.0),
     "pan_left": (-0.25, 0.0, 0.0, 0.0),
@@ -76,8 +80,8 @@ def get_config(arg=None):
   (module docstring)."""
   arg = common.parse_arg(arg, data="static", smoke=False, seed=0, steps=3000,
                          prediction="v", size=32)
-  if arg.data not in ("static", "moving"):
-    raise ValueError(f"config arg data={arg.data!r}: 'static' or 'moving'")
+  if arg.data not in DATA:
+    raise ValueError(f"config arg data={arg.data!r}: one of {DATA}")
   if arg.size not in (32, 16):
     raise ValueError(f"config arg size={arg.size!r}: 32 or 16")
   c = ml_collections.ConfigDict()

@@ -21,8 +21,8 @@ every requested motion and every ablation (on `ablation_motions`):
      features of the Fashion-MNIST classifier of the diffusion work
      (efficient/diffusion/fid.py), and the class accuracy of the frames.
 
-The estimator itself is checked first on the `fmnist_video/moving` test
-split, whose camera moves are known (`estimator/...` keys). Outputs go to
+The estimator itself is checked first on the `fmnist_video/moving` (or
+`moving_bold`, for a model of `static_bold`) test split, whose camera moves are known (`estimator/...` keys). Outputs go to
 `<workdir>/lightmotion/`: results.json, a printed markdown table,
 motion_errors.png, and per condition a strip PNG (4 videos × 8 frames) and
 a GIF; sampled videos are cached (`videos/<condition>.npy`), so a rerun
@@ -178,9 +178,11 @@ def motion_scores(videos, motion, frames, size):
   }
 
 
-def estimator_check(data_dir, num_videos, smoke=False, downsample=1):
+def estimator_check(data_dir, num_videos, smoke=False, downsample=1,
+                    data="static"):
   """The estimator's error on real videos with known camera moves (at the
-  model's resolution: frames averaged over `downsample`² pixel blocks)."""
+  model's resolution: frames averaged over `downsample`² pixel blocks), from
+  the moving-camera counterpart of the run's `data` builder config."""
   # pylint: disable=g-import-not-at-top
   import numpy as np
   from efficient.data import fmnist_video
@@ -188,8 +190,9 @@ def estimator_check(data_dir, num_videos, smoke=False, downsample=1):
   from efficient.diffusion import lightmotion
   from efficient.diffusion import motion_estimation
 
+  moving = "moving_bold" if data.endswith("_bold") else "moving"
   builder = fmnist_video.FmnistVideo(config="moving_smoke" if smoke else
-                                     "moving", data_dir=data_dir,
+                                     moving, data_dir=data_dir,
                                      file_format="array_record")
   if not builder.is_prepared():
     builder.download_and_prepare()
@@ -319,7 +322,8 @@ def run(workdir, num_videos=None, motions=None, ablations=None):
   smoke = config.data.builder_config == "smoke"
 
   downsample = task.transform.downsample  # 2 for configs/video.py's size=16.
-  results = estimator_check(data_dir, ESTIMATOR_VIDEOS, smoke, downsample)
+  results = estimator_check(data_dir, ESTIMATOR_VIDEOS, smoke, downsample,
+                            data=config.data.builder_config)
   fmnist = fashion_mnist.FashionMnistDeb(
       config="smoke" if smoke else "full", data_dir=data_dir,
       file_format="array_record")

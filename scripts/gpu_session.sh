@@ -35,6 +35,7 @@
 #       Video runs, and runs stopped before their end, come back as
 #       $CKPT_OUT/<run>.tgz: their files and last checkpoint (resume with
 #       the same train command on a workdir holding config.json and it).
+#       VIDEO_DATA=static_bold trains them on the bold-background videos.
 #       VIDEOS=0 skips them, BENCH_SECONDS=0 the benchmark (BENCH_LENGTHS
 #       picks its lengths): a second call on the warm machine can add seeds.
 # The device returns at most 8 files: there, run with OUT=/tmp/o
@@ -171,6 +172,7 @@ print(f.FashionMnistDeb(config='full', data_dir='$TFDS_DATA_DIR').data_dir)"
 
 build_images() {  # Fashion-MNIST and the synthetic videos, in parallel.
   local t0=$SECONDS video=(static moving) code=0
+  [[ ${VIDEO_DATA:-static} == *_bold ]] && video=(static_bold moving_bold)
   [ "$SMOKE" = 1 ] && video=(smoke)
   "$PY" -m efficient.data.fashion_mnist --data_dir="$TFDS_DATA_DIR" \
     > "$OUT/build_fmnist.log" 2>&1 &
@@ -243,6 +245,8 @@ models() {  # Issue 4's benchmark on a quiet GPU while the data builds; then
   local bench=(--lengths "${BENCH_LENGTHS:-16384,4096,65536}"
     --mra_tunings 8x2,4x3,2x2) video_long=${VIDEO_LONG_STEPS:-12000}
   local variants=(fmnist16_dit fmnist16_dit_tdln fmnist16_dimr fmnist16_dimr_adaln)
+  local vdata=${VIDEO_DATA:-static} vname=video16_v
+  [ "$vdata" = static ] || vname=video16_${vdata}
   if [ "$SMOKE" = 1 ]; then
     suffix=",smoke" seeds=(0) variants=(fmnist16_dit) video_long=0
     bench=(--lengths 256 --repeats 1 --methods softmax,mra_xla)
@@ -267,12 +271,12 @@ models() {  # Issue 4's benchmark on a quiet GPU while the data builds; then
     done
   done
   if [ "$videos" = 1 ]; then
-    run_model "configs/video.py:static,size=16$suffix" video16_v sdedit lightmotion &
+    run_model "configs/video.py:$vdata,size=16$suffix" "$vname" sdedit lightmotion &
     pids+=($!)
   fi
   if [ "$videos" = 1 ] && [ "$video_long" -gt 0 ]; then
-    run_model "configs/video.py:static,size=16,steps=$video_long" \
-      "video16_v_${video_long}" sdedit lightmotion &
+    run_model "configs/video.py:$vdata,size=16,steps=$video_long" \
+      "${vname}_${video_long}" sdedit lightmotion &
     pids+=($!)
   fi
   local select=()

@@ -36,6 +36,24 @@ def test_render_static_and_moving_videos():
   assert (video[0] != video[-1]).mean() > 0.3
 
 
+def test_bold_backgrounds_have_the_configured_contrast_and_scale():
+  configs = {c.name: c for c in fmnist_video.FmnistVideo.BUILDER_CONFIGS}
+  item = np.zeros((28, 28), np.uint8)  # No object: background only.
+  stats = {}
+  for name in ("static", "static_bold"):
+    c = configs[name]
+    videos = [fmnist_video.render(item, np.random.default_rng(i), False,
+                                  c.background_blur, c.background_contrast)[0]
+              for i in range(8)]
+    frames = np.stack([v[0, ..., 0] for v in videos]).astype(np.float64) / 255
+    # Contrast: pixel std per frame; scale: neighbour correlation.
+    stats[name] = (frames.std(axis=(1, 2)).mean(),
+                   np.mean([np.corrcoef(f[:, :-1].ravel(), f[:, 1:].ravel())[0, 1]
+                            for f in frames]))
+  assert 0.05 < stats["static"][0] < 0.15 < 0.2 < stats["static_bold"][0] < 0.42
+  assert stats["static_bold"][1] > stats["static"][1]
+
+
 def test_video_task_loss_is_the_v_error_over_all_frames():
   """The video config's v-prediction (ε-prediction's loss is tested on
   images in test_training.py; one compile of the video model is enough)."""
