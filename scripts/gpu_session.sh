@@ -225,10 +225,13 @@ run_model() {  # CONFIG NAME [then: "sample" | "lightmotion" | "sdedit"...]:
   (cd "$workdir" && find . -maxdepth 2 \( -name "*.json" -o -name "*.jsonl" \
     -o -name "*.png" -o -name "*.gif" \) -size -4M -print0 |
     xargs -0 -r cp --parents -t "$OUT/$name/")
-  if [[ $name == video* ]] || [ $trained != 0 ]; then
+  local returned
+  returned=$(ls "$CKPT_OUT"/*.tgz 2>/dev/null | wc -l)
+  if { [[ $name == video* ]] || [ $trained != 0 ]; } && [ "$returned" -lt 7 ]; then
     # Its files and last checkpoint (to evaluate or resume elsewhere): one
     # file of its own beside the bundle (video strips and GIFs, and a
-    # checkpoint of 7-15 MB, would crowd the bundle's 16 MiB).
+    # checkpoint of 7-15 MB, would crowd the bundle's 16 MiB); at most 7
+    # such files with the bundle, since the device returns 8.
     local last
     last=$(ls "$workdir/checkpoints" 2>/dev/null | grep -E '^[0-9]+$' | sort -n | tail -1)
     tar czf "$CKPT_OUT/$name.tgz" -C "$(dirname "$OUT")" "$(basename "$OUT")/$name" \
