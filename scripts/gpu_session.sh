@@ -36,8 +36,9 @@
 #       $CKPT_OUT/<run>.tgz: their files and last checkpoint (resume with
 #       the same train command on a workdir holding config.json and it).
 #       VIDEO_DATA=static_bold trains them on the bold-background videos.
-#       VIDEOS=0 skips them, BENCH_SECONDS=0 the benchmark (BENCH_LENGTHS
-#       picks its lengths): a second call on the warm machine can add seeds.
+#       VIDEOS=0 skips them, BENCH_SECONDS=0 the benchmark and the kernel
+#       tests (BENCH_LENGTHS picks its lengths): a second call on the warm
+#       machine can add seeds.
 # The device returns at most 8 files: there, run with OUT=/tmp/o
 # BUNDLE=$OUT/gpu.tgz, and the script keeps one archive of /tmp/o up to date.
 # Here again, GPU_SESSION_SMOKE=1 PY=.venv/bin/python runs either mode on tiny
@@ -276,18 +277,21 @@ models() {  # Issue 4's benchmark on a quiet GPU while the data builds; then
   if [ "$videos" = 1 ]; then
     run_model "configs/video.py:$vdata,size=16$suffix" "$vname" sdedit lightmotion &
     pids+=($!)
+    if [ "$video_long" -gt 0 ]; then
+      run_model "configs/video.py:$vdata,size=16,steps=$video_long" \
+        "${vname}_${video_long}" sdedit lightmotion &
+      pids+=($!)
+    fi
   fi
-  if [ "$videos" = 1 ] && [ "$video_long" -gt 0 ]; then
-    run_model "configs/video.py:$vdata,size=16,steps=$video_long" \
-      "${vname}_${video_long}" sdedit lightmotion &
-    pids+=($!)
+  if [ "${BENCH_SECONDS:-200}" -gt 0 ]; then  # The kernels' compiled tests go
+    # with their benchmark (a second call that skips it skips them too).
+    local select=()
+    [ "$SMOKE" = 1 ] && select=(-k "all_blocks_give_softmax")
+    timeout "$(left 20)" "$PY" -m pytest -v -p no:cacheprovider \
+      tests/pallas_kernels "${select[@]}" > "$OUT/pallas_tests.log" 2>&1
+    echo "pallas tests: exit $? ($(tail -1 "$OUT/pallas_tests.log" | sed "s/=//g; s/^ *//; s/ *$//"))"
+    grep -E "^(FAILED|ERROR)" "$OUT/pallas_tests.log" | cut -c1-220 | head -12
   fi
-  local select=()
-  [ "$SMOKE" = 1 ] && select=(-k "all_blocks_give_softmax")
-  timeout "$(left 20)" "$PY" -m pytest -v -p no:cacheprovider \
-    tests/pallas_kernels "${select[@]}" > "$OUT/pallas_tests.log" 2>&1
-  echo "pallas tests: exit $? ($(tail -1 "$OUT/pallas_tests.log" | sed "s/=//g; s/^ *//; s/ *$//"))"
-  grep -E "^(FAILED|ERROR)" "$OUT/pallas_tests.log" | cut -c1-220 | head -12
   while [ -n "$(jobs -r)" ]; do bundle; sleep 15; done
   for p in "${pids[@]}"; do wait $p; done
   bundle

@@ -42,6 +42,9 @@ from efficient.data import fashion_mnist
 
 FRAMES, SIZE, CANVAS, OBJECT = 8, 32, 64, 16
 SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
+# Background texture ranges of the default configs: blur σ (px of the 64²
+# canvas) and contrast (std in [0, 1] intensity), drawn uniformly per video.
+BLUR, CONTRAST = (1.0, 3.0), (0.06, 0.14)
 
 
 @dataclasses.dataclass
@@ -50,10 +53,8 @@ class FmnistVideoConfig(tfds.core.BuilderConfig):
   num_validation: int = 500
   num_test: int = 2_000
   moving_camera: bool = False
-  # Background texture: blur σ (px of the 64² canvas) and contrast (std in
-  # [0, 1] intensity), each drawn uniformly per video from these ranges.
-  background_blur: tuple[float, float] = (1.0, 3.0)
-  background_contrast: tuple[float, float] = (0.06, 0.14)
+  background_blur: tuple[float, float] = BLUR
+  background_contrast: tuple[float, float] = CONTRAST
 
 
 def random_motion(rng):
@@ -71,7 +72,7 @@ def random_motion(rng):
   return lightmotion.Motion(x=x / 2, y=y / 2, z=z / 2, theta=theta / 2)
 
 
-def _background(rng, blur=(1.0, 3.0), contrast=(0.06, 0.14)):
+def _background(rng, blur=BLUR, contrast=CONTRAST):
   noise = scipy.ndimage.gaussian_filter(rng.normal(size=(CANVAS, CANVAS)),
                                         rng.uniform(*blur), mode="wrap")
   noise = (noise - noise.mean()) / noise.std()
@@ -109,7 +110,7 @@ def _view(canvas, matrix):
       mode="nearest")
 
 
-def render(item, rng, moving_camera, blur=(1.0, 3.0), contrast=(0.06, 0.14)):
+def render(item, rng, moving_camera, blur=BLUR, contrast=CONTRAST):
   """(video uint8 [F, 32, 32, 1], mask uint8 [F, 32, 32], camera [4]);
   `blur`, `contrast`: the background's ranges (FmnistVideoConfig)."""
   from efficient.diffusion import lightmotion  # pylint: disable=g-import-not-at-top
