@@ -39,6 +39,13 @@ import tqdm
 
 from efficient.errors import ConfigError
 
+# Regenerated batches committed to the repository (SmolLM2's continuations
+# take about half an hour on a 2-core CPU): a build finds them here before
+# running the target. Same file names as the data dir's cache.
+COMMITTED_CACHE = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__)))), "experiments", "spec_decode",
+                               "regen_cache")
+
 SKIP_DIRS = ("test", "tests", "idle_test", "site-packages", "dist-packages",
              "__pycache__")
 
@@ -122,13 +129,15 @@ def chunks(documents, encode, eos_id, seq_len, limit_tokens=None):
 
 
 def regenerate(target, prompts, new_tokens, *, temperature, top_p, seed,
-               batch_size, cache_dir=None):
+               batch_size, cache_dir=None, read_only_cache_dirs=()):
   """The target's continuations of prompts [N, P]: tokens [N, P + new],
   weights [N, P + new] (0 after the first generated eos).
 
-  With `cache_dir`, every finished batch is saved there and reused, so an
-  interrupted build (hours for SmolLM2 on a CPU) resumes where it stopped;
-  a batch is reused only if its prompts and settings match.
+  With `cache_dir`, every finished batch is saved there (compressed npz)
+  and reused, so an interrupted build (hours for SmolLM2 on a CPU) resumes
+  where it stopped; a batch is reused only if its prompts and settings
+  match (the file name holds their hash). `read_only_cache_dirs` are
+  searched too, never written: the committed copy (`COMMITTED_CACHE`).
   """
   from efficient.decoding import lm  # pylint: disable=g-import-not-at-top
   sampling = lm.Sampling(temperature=temperature, top_p=top_p)
@@ -142,9 +151,13 @@ def regenerate(target, prompts, new_tokens, *, temperature, top_p, seed,
     block = prompts[start:start + batch_size]
     rows = len(block)
     key = hashlib.md5(settings.encode() + block.tobytes()).hexdigest()[:16]
-    path = cache_dir and os.path.join(cache_dir, f"{start:07d}_{key}.npz")
-    if path and os.path.exists(path):
-      with np.load(path) as cached:
+    name = f"{start:07d}_{key}.npz"
+    path = cache_dir and os.path.join(cache_dir, name)
+    found = [p for p in [path, *(os.path.join(d, name)
+                                 for d in read_only_cache_dirs)]
+             if p and os.path.exists(p)]
+    if found:
+      with np.load(found[0]) as cached:
         tokens[start:start + rows] = cached["tokens"]
         weights[start:start + rows] = cached["weights"]
       continue
@@ -159,7 +172,7 @@ def regenerate(target, prompts, new_tokens, *, temperature, top_p, seed,
     weights[start:start + rows] = (np.arange(p + new_tokens)[None]
                                    < length[:, None])
     if path:
-      np.savez(path + ".tmp.npz", tokens=tokens[start:start + rows],
+      np.savez_compressed(path + ".tmp.npz", tokens=tokens[start:start + rows],
                weights=weights[start:start + rows])
       os.replace(path + ".tmp.npz", path)
   tokens = np.where(weights > 0, tokens, target.eos_id)
@@ -248,7 +261,9 @@ class DraftText(tfds.core.GeneratorBasedBuilder):
             seed=c.seed + {"train": 0, "validation": 1}[split],
             batch_size=c.batch_size,
             cache_dir=os.path.join(self.data_dir_root, "draft_text_cache",
-                                   c.name, split))
+                                   c.name, split),
+            read_only_cache_dirs=[os.path.join(COMMITTED_CACHE, c.name,
+                                               split)])
       out[split] = self._generate_examples(pieces, weights, c.prompt_len)
     return out
 

@@ -1,6 +1,7 @@
 """End to end on the tiny byte-level target: regenerated data → AR draft
 (trainer) → PARD adaptation from it (init_from) → experiments.spec_decode
 with both, greedy output equal to plain decoding."""
+import dataclasses
 import json
 
 import ml_collections
@@ -32,6 +33,30 @@ def test_regenerated_data_is_the_tiny_targets_greedy_like_output(data_dir):
   # the test split is raw text (held-out prompts), all bytes
   test = builder.as_data_source(split="test")[0]
   assert np.asarray(test["weights"]).all()
+
+
+def test_regeneration_resumes_from_a_read_only_cache(tmp_path):
+  from efficient.decoding import targets
+  target = targets.load("tiny")
+  prompts = np.random.default_rng(0).integers(0, 256, (5, 4), np.int32)
+  kwargs = dict(temperature=1.0, top_p=0.9, seed=3, batch_size=2)
+  committed = tmp_path / "committed"
+  tokens, weights = draft_text.regenerate(target, prompts, 6,
+                                          cache_dir=str(committed), **kwargs)
+  assert len(list(committed.iterdir())) == 3  # one file per batch
+  # without the target (model=None would fail) and without writing there
+  no_model = dataclasses.replace(target, model=None, params=None)
+  again = draft_text.regenerate(no_model, prompts, 6,
+                                cache_dir=str(tmp_path / "fresh"),
+                                read_only_cache_dirs=[str(committed)],
+                                **kwargs)
+  np.testing.assert_array_equal(again[0], tokens)
+  np.testing.assert_array_equal(again[1], weights)
+  assert len(list(committed.iterdir())) == 3
+  # other settings are not served from it
+  with pytest.raises(AttributeError):
+    draft_text.regenerate(no_model, prompts, 6, read_only_cache_dirs=[
+        str(committed)], **{**kwargs, "seed": 4})
 
 
 def test_pard_example_weights_follow_source_weights():
