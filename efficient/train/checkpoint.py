@@ -122,7 +122,7 @@ def load_weights(path, abstract_weights):
   Returns:
     The restored dict, placed with the target's shardings.
   """
-  state_dir = _latest_state_dir(path)
+  state_dir = _latest_state_dir(os.path.abspath(path))  # orbax: absolute
   logging.info("Loading weights %s from %s", list(abstract_weights), state_dir)
   return ocp.PyTreeCheckpointer().restore(
       state_dir,

@@ -68,14 +68,16 @@ def test_pard_example_weights_follow_source_weights():
   assert supervised.sum() > 0
 
 
-def test_train_ar_then_pard_then_speculative_decode(data_dir, tmp_path):
+def test_train_ar_then_pard_then_speculative_decode(data_dir, tmp_path,
+                                                    monkeypatch):
   ar_dir, pard_dir = str(tmp_path / "ar"), str(tmp_path / "pard")
+  monkeypatch.chdir(tmp_path)  # relative run paths, as on the command line
   config = draft_config.get_config("ar,smoke")
   config.data.data_dir = data_dir
   trainer.train_and_evaluate(config, ar_dir)
   config = draft_config.get_config("pard,smoke")
   config.data.data_dir = data_dir
-  config.init_from = ar_dir
+  config.init_from = "ar"
   trainer.train_and_evaluate(config, pard_dir)
   with open(f"{pard_dir}/results.json") as f:
     assert np.isfinite(json.load(f)["validation/loss"])
@@ -84,7 +86,7 @@ def test_train_ar_then_pard_then_speculative_decode(data_dir, tmp_path):
   config.data.data_dir = data_dir
   config.temperatures = (0.0,)
   config.drafts = [
-      ml_collections.ConfigDict(dict(name="ar_k2", kind="ar", source=ar_dir,
+      ml_collections.ConfigDict(dict(name="ar_k2", kind="ar", source="ar",
                                      num_draft=2)),
       ml_collections.ConfigDict(dict(name="pard_k3", kind="pard",
                                      source=pard_dir, num_draft=3))]
