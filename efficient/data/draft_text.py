@@ -42,8 +42,9 @@ from efficient.errors import ConfigError
 # Regenerated batches committed to the repository (SmolLM2's continuations
 # take about half an hour on a 2-core CPU): a build finds them here before
 # running the target. Same file names as the data dir's cache.
-COMMITTED_CACHE = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.dirname(os.path.abspath(__file__)))), "experiments", "spec_decode",
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+COMMITTED_CACHE = os.path.join(_REPO, "experiments", "spec_decode",
                                "regen_cache")
 
 SKIP_DIRS = ("test", "tests", "idle_test", "site-packages", "dist-packages",
@@ -172,8 +173,9 @@ def regenerate(target, prompts, new_tokens, *, temperature, top_p, seed,
     weights[start:start + rows] = (np.arange(p + new_tokens)[None]
                                    < length[:, None])
     if path:
-      np.savez_compressed(path + ".tmp.npz", tokens=tokens[start:start + rows],
-               weights=weights[start:start + rows])
+      np.savez_compressed(path + ".tmp.npz",
+                          tokens=tokens[start:start + rows],
+                          weights=weights[start:start + rows])
       os.replace(path + ".tmp.npz", path)
   tokens = np.where(weights > 0, tokens, target.eos_id)
   return tokens, weights
