@@ -154,11 +154,11 @@ def regenerate(target, prompts, new_tokens, *, temperature, top_p, seed,
     key = hashlib.md5(settings.encode() + block.tobytes()).hexdigest()[:16]
     name = f"{start:07d}_{key}.npz"
     path = cache_dir and os.path.join(cache_dir, name)
-    found = [p for p in [path, *(os.path.join(d, name)
-                                 for d in read_only_cache_dirs)]
-             if p and os.path.exists(p)]
-    if found:
-      with np.load(found[0]) as cached:
+    cached_path = next((os.path.join(d, name) for d in [cache_dir,
+                                                         *read_only_cache_dirs]
+                        if d and os.path.exists(os.path.join(d, name))), None)
+    if cached_path:
+      with np.load(cached_path) as cached:
         tokens[start:start + rows] = cached["tokens"]
         weights[start:start + rows] = cached["weights"]
       continue
