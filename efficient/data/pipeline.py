@@ -50,6 +50,19 @@ def load_builder(cfg):
   return builder
 
 
+class Subset:
+  """The rows `indices` of a random-access data source (sample selection)."""
+
+  def __init__(self, source, indices):
+    self.source, self.indices = source, np.asarray(indices)
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return self.source[int(self.indices[i])]
+
+
 class PadTokens(grain.transforms.Map):
   """Pads (with 0) or truncates `tokens` to `max_length`; keeps the label.
 

@@ -25,16 +25,28 @@
   init_params ("language_model"): a target name whose weights the model
       starts from (the target fine-tune of the EDA experiment), or "random".
   stage ("eda"): 1 or 2, as above.
+  select ("eda"): EDA's sample selection for stage 2 -- "none" (every
+      row), "mahalanobis" (our reconstruction, drafts/eda.py: the rows whose
+      fine-tuned-target features lie farthest from the base target's
+      features on `select_reference` text, `select_reference_rows` rows of
+      its train split, base target `select_reference_target`) or "random"
+      (the equal-budget ablation); keeps `select_fraction` of the train
+      rows. Computed once (a target forward over the rows) and saved as
+      <workdir>/selection.json, so a resumed run trains on the same rows.
 For "pard" also num_segments (K, trained), cod_ratio, cod_ratio_min,
 mask_id; `config.init_from` (an AR draft run) gives PARD its starting
 point, and the mask token's embedding row is then set to the mean embedding
 (`after_init`).
 """
 import functools
+import json
+import os
+import time
 
 import grain
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -195,12 +207,78 @@ class EDATask(LanguageModelTask):
     self.seq_len = config.data.seq_len
     self.draft = config.draft
     self.stage = self.draft.get("stage", 1)
+    self.data_config = config.data
+    self.selection = None
     self.transform = TokensAndWeights()
     self.target_model = lm.Llama.from_config(
         targets.config_of(self.draft["target"]))
     if config.optimizer.weight_decay:
       raise ValueError("config.optimizer.weight_decay must be 0 for 'eda' "
                        "(frozen weights would decay)")
+
+  def select_train(self, source, workdir):
+    """The train rows EDA stage 2 learns from (`draft.select`); saved."""
+    method = self.draft.get("select", "none")
+    if method == "none":
+      return source
+    from efficient.data import pipeline  # pylint: disable=g-import-not-at-top
+    path = os.path.join(workdir, "selection.json")
+    if not os.path.exists(path):
+      info = self._score_and_select(source, method)
+      if jax.process_index() == 0:
+        with open(path + ".tmp", "w") as f:
+          json.dump(info, f)
+        os.replace(path + ".tmp", path)
+    else:
+      with open(path) as f:
+        info = json.load(f)
+    if info["method"] != method or info["rows"] != len(source):
+      raise ValueError(f"{path} was made for another selection "
+                       f"({info['method']}, {info['rows']} rows); remove it")
+    self.selection = info
+    return pipeline.Subset(source, info["indices"])
+
+  def _score_and_select(self, source, method):
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    from efficient.data import pipeline  # pylint: disable=g-import-not-at-top
+    from efficient.decoding import targets  # pylint: disable=g-import-not-at-top
+    eda = eda_lib()
+    d, start = self.draft, time.time()
+    rows = [source[i] for i in range(len(source))]
+    stack = lambda key, rs: np.stack([np.asarray(r[key]) for r in rs])  # noqa: E731
+    prompt_len = int(rows[0]["prompt_len"])
+    scores = np.zeros(len(rows))
+    if method == "mahalanobis":
+      ref_cfg = ml_collections.ConfigDict(self.data_config.to_dict())
+      ref_cfg.builder_config = d["select_reference"]
+      ref_source = pipeline.load_builder(ref_cfg).as_data_source(
+          split="train")
+      ref_rows = [ref_source[i] for i in range(
+          min(len(ref_source), d["select_reference_rows"]))]
+      logging.info("EDA selection: features of %d reference rows (%s, "
+                   "target %s) and %d candidate rows (target %s).",
+                   len(ref_rows), d["select_reference"],
+                   d["select_reference_target"], len(rows), d["target"])
+      base = targets.load(d["select_reference_target"])
+      feats, mask = eda.response_features(
+          base.model, base.params, stack("tokens", ref_rows),
+          stack("weights", ref_rows), int(ref_rows[0]["prompt_len"]))
+      reference = feats[mask > 0]
+      tuned = targets.load(d["target"])
+      feats, mask = eda.response_features(
+          tuned.model, tuned.params, stack("tokens", rows),
+          stack("weights", rows), prompt_len)
+      scores = eda.mahalanobis_scores(reference, feats, mask)
+    indices = eda.select_samples(scores, d["select_fraction"], method,
+                                 seed=d.get("select_seed", 0))
+    logging.info("EDA selection (%s): kept %d of %d rows in %.0f s.",
+                 method, len(indices), len(rows), time.time() - start)
+    return {"method": method, "fraction": d["select_fraction"],
+            "rows": len(rows), "kept": len(indices),
+            "indices": indices.tolist(),
+            "score_kept_mean": float(scores[indices].mean()),
+            "score_all_mean": float(scores.mean()),
+            "seconds": time.time() - start}
 
   def init_params(self, rng):
     d = self.model.dim
@@ -248,8 +326,12 @@ class EDATask(LanguageModelTask):
     size = lambda tree: int(sum(x.size for x in jax.tree.leaves(tree)))  # noqa: E731
     trainable = (size({k: head[k] for k in eda_lib().TRAINABLE_STAGE2})
                  if self.stage == 2 else size(head))
-    return {"model/params": size(head), "model/trainable_params": trainable,
-            "model/trainable_fraction": trainable / size(head)}
+    out = {"model/params": size(head), "model/trainable_params": trainable,
+           "model/trainable_fraction": trainable / size(head)}
+    if self.selection:
+      out.update({f"selection/{k}": v for k, v in self.selection.items()
+                  if k != "indices"})
+    return out
 
 
 def eda_lib():

@@ -191,8 +191,11 @@ def _run(config, workdir, mesh, builder, wall_start):
   use_ema = config.ema_decay > 0
 
   # ---------------------------------------------------------------- Data
+  train_source = builder.as_data_source(split="train")
+  if hasattr(task, "select_train"):  # EDA stage 2's sample selection
+    train_source = task.select_train(train_source, workdir)
   train_iter = pipeline.train_iterator(
-      builder.as_data_source(split="train"),
+      train_source,
       global_batch_size=config.batch_size, transform=task.transform,
       seed=config.seed)
 

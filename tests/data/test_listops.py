@@ -199,6 +199,17 @@ def test_pipeline_pads_batches_and_eval_covers_every_example_once(smoke):
   np.testing.assert_array_equal(next(it2)["tokens"], expected["tokens"])
 
 
+def test_train_iterator_over_a_subset_draws_only_its_rows(smoke):
+  source = smoke.as_data_source(split="train")
+  keep = [3, 17, 42, 60, 91]
+  pad = pipeline.PadTokens(128)
+  allowed = {pad.map(source[i])["tokens"].tobytes() for i in keep}
+  it = pipeline.train_iterator(pipeline.Subset(source, keep),
+                               global_batch_size=8, transform=pad, seed=0)
+  drawn = {row.tobytes() for _ in range(3) for row in next(it)["tokens"]}
+  assert drawn == allowed  # 24 draws over 5 rows: every one, nothing else
+
+
 def test_missing_data_dir_is_a_config_error(tmp_path):
   import ml_collections  # pylint: disable=g-import-not-at-top
   from efficient.errors import ConfigError  # pylint: disable=g-import-not-at-top

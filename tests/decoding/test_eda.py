@@ -113,3 +113,36 @@ def test_mahalanobis_scores_match_scipy():
   inv = np.linalg.inv(np.cov(reference, rowvar=False))
   want = [distance.mahalanobis(c, reference.mean(0), inv) for c in candidates]
   np.testing.assert_allclose(got, want, rtol=1e-8)
+
+
+def test_mahalanobis_token_scores_are_weighted_means_of_distances():
+  rng = np.random.default_rng(1)
+  reference = rng.normal(size=(300, 4)) @ rng.normal(size=(4, 4))
+  candidates = rng.normal(size=(3, 5, 4)) * 2
+  weights = rng.integers(0, 2, size=(3, 5)).astype(float)
+  weights[:, 0] = 1.0
+  got = eda.mahalanobis_scores(reference, candidates, weights, ridge=0.0)
+  inv = np.linalg.inv(np.cov(reference, rowvar=False))
+  mu = reference.mean(0)
+  for row, w, score in zip(candidates, weights, got):
+    dists = [distance.mahalanobis(t, mu, inv) for t in row]
+    np.testing.assert_allclose(score, np.dot(dists, w) / w.sum(), rtol=1e-8)
+
+
+def test_selection_keeps_the_shifted_rows():
+  rng = np.random.default_rng(2)
+  reference = rng.normal(size=(2000, 6))
+  candidates = rng.normal(size=(10, 8, 6))
+  shifted = np.array([1, 4, 5, 7, 8])
+  candidates[shifted] += 2.0  # these rows' features moved
+  weights = np.ones((10, 8))
+  scores = eda.mahalanobis_scores(reference, candidates, weights)
+  np.testing.assert_array_equal(eda.select_samples(scores, 0.5), shifted)
+  rand = eda.select_samples(scores, 0.5, "random", seed=3)
+  assert len(set(rand.tolist())) == 5 and not np.array_equal(rand, shifted)
+  np.testing.assert_array_equal(
+      rand, eda.select_samples(scores, 0.5, "random", seed=3))
+  with pytest.raises(ValueError, match="fraction"):
+    eda.select_samples(scores, 0.0)
+  with pytest.raises(ValueError, match="method"):
+    eda.select_samples(scores, 0.5, "largest")

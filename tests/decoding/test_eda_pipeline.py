@@ -1,6 +1,7 @@
 """EDA end to end on the tiny byte-level target: fine-tune the target
 (`target_python`) → EDA stage 1 on the base target → stage 2 (private
-expert + fc only) on the fine-tuned one, loaded as "run:<workdir>" →
+expert + fc only, Mahalanobis sample selection) on the fine-tuned one,
+loaded as "run:<workdir>" →
 experiments.spec_decode with both heads, greedy output equal to plain."""
 import json
 
@@ -28,8 +29,8 @@ def _train(variant, workdir, data_dir, **overrides):
   config = draft_config.get_config(f"{variant},smoke")
   config.data.data_dir = data_dir
   for key, value in overrides.items():
-    if key == "target":
-      config.draft.target = value
+    if key in ("target", "select"):
+      config.draft[key] = value
     else:
       config[key] = value
   trainer.train_and_evaluate(config, workdir)
@@ -50,8 +51,14 @@ def test_target_finetune_eda_stages_and_decoding(data_dir, tmp_path):
   first = _train("eda", stage1, data_dir)
   assert first["model/trainable_fraction"] == 1.0
   second = _train("eda_python", stage2, data_dir, target=f"run:{tuned}",
-                  init_from=stage1)
+                  init_from=stage1, select="mahalanobis")
   assert 0 < second["model/trainable_fraction"] < 1.0
+  # Sample selection kept the most shifted half of the train rows, saved.
+  with open(f"{stage2}/selection.json") as f:
+    selection = json.load(f)
+  assert selection["kept"] == len(selection["indices"]) == round(
+      0.5 * selection["rows"]) == second["selection/kept"]
+  assert selection["score_kept_mean"] > selection["score_all_mean"]
   # Stage 2 kept attention, norms and the shared expert of stage 1.
   head1 = targets.load_run(stage1)[1]["params"]
   head2 = targets.load_run(stage2)[1]["params"]

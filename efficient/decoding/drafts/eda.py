@@ -27,7 +27,10 @@ the shared expert from stage 1, re-initialise the private expert and train
 only it and fc (`TRAINABLE_STAGE2`), on data the fine-tuned target
 regenerated, with its features and its LM head. Sample selection is not in
 the released code; ours is a Mahalanobis-distance reconstruction
-(`mahalanobis_scores`), labelled as such.
+(`mahalanobis_scores`, `select_samples`), labelled as such: fit μ, Σ on
+the base target's features of stage-1 text, score each regenerated row by
+the mean distance of the fine-tuned target's features over its response
+tokens, keep the top fraction (`config.draft.select`).
 
 Inference (`EDADrafter`): chain drafting (EDA/EAGLE use a dynamic tree; the
 tree is left out here, the chain keeps verification exact). Each round the
@@ -171,18 +174,63 @@ def freeze(head_params, trainable=TRAINABLE_STAGE2):
                      for k, v in inner.items()}}
 
 
-def mahalanobis_scores(reference, candidates, ridge=1e-3):
+def mahalanobis_scores(reference, candidates, weights=None, ridge=1e-3):
   """Our reconstruction of EDA's sample selection (not in the released
-  code; reference/draft.md §4.3): distance of each candidate's mean feature
-  from the reference (stage-1 / base-target) feature distribution,
+  code; reference/draft.md §4.3): distance of candidate features from the
+  reference (stage-1 / base-target) feature distribution,
   sqrt((z − μ)ᵀ (Σ + λI)⁻¹ (z − μ)) with λ = ridge · mean(diag Σ). Larger
-  = more shifted = more worth training the private expert on."""
+  = more shifted = more worth training the private expert on.
+
+  reference [M, d]; candidates [N, d] (one distance each), or [N, L, d]
+  with `weights` [N, L]: a row's score is then the weighted mean of its
+  tokens' distances (fitting Σ on tokens needs far fewer rows than on row
+  means, which would be rank-deficient at d = 576)."""
   reference = np.asarray(reference, np.float64)
   mu = reference.mean(0)
   cov = np.cov(reference, rowvar=False)
   cov += ridge * np.mean(np.diag(cov)) * np.eye(cov.shape[0])
   z = np.asarray(candidates, np.float64) - mu
-  return np.sqrt(np.einsum("nd,nd->n", z @ np.linalg.inv(cov), z))
+  dist = np.sqrt(np.einsum("...d,...d->...", z @ np.linalg.inv(cov), z))
+  if weights is None:
+    return dist
+  weights = np.asarray(weights, np.float64)
+  return (dist * weights).sum(-1) / np.maximum(weights.sum(-1), 1e-9)
+
+
+def response_features(model, params, tokens, weights, prompt_len,
+                      batch_size=8):
+  """The target's final features [N, L, d] of `tokens` [N, L] (batches of
+  `batch_size`, jit'd) and the response mask [N, L]: weight > 0 at
+  positions ≥ prompt_len (the regenerated continuation)."""
+  apply = jax.jit(lambda p, t: model.apply(p, t)[1])
+  params = jax.device_get(params)  # host copies: fine under any mesh
+  tokens = np.asarray(tokens)
+  feats = []
+  for start in range(0, len(tokens), batch_size):
+    block = tokens[start:start + batch_size]
+    pad = batch_size - len(block)
+    block = np.concatenate([block, np.repeat(block[-1:], pad, 0)])
+    feats.append(np.asarray(apply(params, block))[:batch_size - pad])
+  mask = (np.asarray(weights) > 0) & (np.arange(tokens.shape[1])
+                                       >= prompt_len)
+  return np.concatenate(feats), mask.astype(np.float32)
+
+
+def select_samples(scores, fraction, method="mahalanobis", seed=0):
+  """Indices (sorted) of the rows to train on: the top `fraction` by score
+  ("mahalanobis": the most shifted from stage 1's data), or a random
+  subset of the same size ("random", the equal-budget ablation)."""
+  if not 0 < fraction <= 1:
+    raise ValueError(f"selection fraction {fraction} is not in (0, 1]")
+  if method not in ("mahalanobis", "random"):
+    raise ValueError(f"selection method {method!r} is not 'mahalanobis' or "
+                     "'random'")
+  keep = max(1, int(round(fraction * len(scores))))
+  if method == "random":
+    order = np.random.default_rng(seed).permutation(len(scores))
+  else:
+    order = np.argsort(-np.asarray(scores), kind="stable")
+  return np.sort(order[:keep])
 
 
 @dataclasses.dataclass(frozen=True)
