@@ -129,6 +129,19 @@ def chunks(documents, encode, eos_id, seq_len, limit_tokens=None):
   return np.asarray(ids[:n * seq_len], np.int32).reshape(n, seq_len)
 
 
+def target_key(target):
+  """The target's part of the cache key: its name, and for a trained run
+  ("run:<workdir>", e.g. the Python-tuned SmolLM2) an md5 digest of its
+  weights too, so a retrained run never reuses another run's text (the
+  GGUF SmolLM2 and the tiny target are fixed by their name)."""
+  if not target.name.startswith("run:"):
+    return target.name
+  digest = hashlib.md5()
+  for leaf in jax.tree.leaves(target.params):
+    digest.update(np.asarray(leaf, np.float32).tobytes())
+  return f"{target.name}@{digest.hexdigest()[:16]}"
+
+
 def regenerate(target, prompts, new_tokens, *, temperature, top_p, seed,
                batch_size, cache_dir=None, read_only_cache_dirs=()):
   """The target's continuations of prompts [N, P]: tokens [N, P + new],
@@ -137,15 +150,16 @@ def regenerate(target, prompts, new_tokens, *, temperature, top_p, seed,
   With `cache_dir`, every finished batch is saved there (compressed npz)
   and reused, so an interrupted build (hours for SmolLM2 on a CPU) resumes
   where it stopped; a batch is reused only if its prompts and settings
-  match (the file name holds their hash). `read_only_cache_dirs` are
-  searched too, never written: the committed copy (`COMMITTED_CACHE`).
+  match (the file name holds their hash; for a trained run the settings
+  include a digest of its weights, `target_key`). `read_only_cache_dirs`
+  are searched too, never written: the committed copy (`COMMITTED_CACHE`).
   """
   from efficient.decoding import lm  # pylint: disable=g-import-not-at-top
   sampling = lm.Sampling(temperature=temperature, top_p=top_p)
   n, p = prompts.shape
   tokens = np.zeros((n, p + new_tokens), np.int32)
   weights = np.zeros((n, p + new_tokens), np.float32)
-  settings = f"{target.name}|{temperature}|{top_p}|{seed}|{new_tokens}"
+  settings = f"{target_key(target)}|{temperature}|{top_p}|{seed}|{new_tokens}"
   if cache_dir:
     os.makedirs(cache_dir, exist_ok=True)
   for start in tqdm.trange(0, n, batch_size, desc="regenerate", unit="batch"):

@@ -59,6 +59,30 @@ def test_regeneration_resumes_from_a_read_only_cache(tmp_path):
         str(committed)], **{**kwargs, "seed": 4})
 
 
+def test_a_retrained_run_target_is_not_served_another_runs_cache(tmp_path):
+  import jax
+  from efficient.decoding import targets
+  tiny = targets.load("tiny")
+  run = dataclasses.replace(tiny, name="run:runs/target_python")
+  prompts = np.random.default_rng(0).integers(0, 256, (2, 4), np.int32)
+  kwargs = dict(temperature=1.0, top_p=0.9, seed=3, batch_size=2,
+                read_only_cache_dirs=[str(tmp_path / "committed")])
+  draft_text.regenerate(run, prompts, 6, cache_dir=str(tmp_path / "committed"),
+                        **{k: v for k, v in kwargs.items()
+                           if k != "read_only_cache_dirs"})
+  assert draft_text.target_key(run).startswith("run:runs/target_python@")
+  # the same weights (a copy) are served without running the model ...
+  same = dataclasses.replace(run, model=None, params=jax.tree.map(
+      np.array, run.params))
+  draft_text.regenerate(same, prompts, 6, **kwargs)
+  # ... retrained weights under the same run name are not
+  moved = dataclasses.replace(same, params=jax.tree.map(
+      lambda x: x * 1.001, same.params))
+  assert draft_text.target_key(moved) != draft_text.target_key(run)
+  with pytest.raises(AttributeError):  # it tried to run the (absent) model
+    draft_text.regenerate(moved, prompts, 6, **kwargs)
+
+
 def test_pard_example_weights_follow_source_weights():
   element = {"tokens": np.arange(10, 26, dtype=np.int32),
              "weights": np.r_[np.ones(12), np.zeros(4)].astype(np.float32)}
