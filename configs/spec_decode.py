@@ -7,8 +7,9 @@ SmolLM2-135M with the drafts of configs/draft.py.
 Variants: `plain` (our decoding against Hugging Face generate only), `ar`,
 `pard`, `eda`, `all` (the three), `python` (SmolLM2 fine-tuned on Python,
 Python prompts: unadapted AR / EDA drafts against EDA adapted (private
-expert only) and fully retrained). Draft runs are read from `runs/draft_ar` and
-`runs/draft_pard` (override: `--config.drafts.0.source=DIR`). Prompts are
+expert only) and fully retrained). Draft runs are read from `runs/draft_*`
+(the `_draft(...)` lines below; command-line flags cannot reach entries
+of the `drafts` list, so edit them to decode other runs). Prompts are
 the first 64 tokens of held-out chunks of draft_text's test split.
 
 `smoke` runs the random byte-level tiny target with itself and a random
