@@ -7,7 +7,9 @@ SmolLM2-135M with the drafts of configs/draft.py.
 Variants: `plain` (our decoding against Hugging Face generate only), `ar`,
 `pard`, `eda`, `all` (the three), `python` (SmolLM2 fine-tuned on Python,
 Python prompts: unadapted AR / EDA drafts against EDA adapted (private
-expert only) and fully retrained). Draft runs are read from `runs/draft_*`
+expert only) and fully retrained), `python_ablation` (same target and
+prompts: stage 2 on randomly selected rows against the Mahalanobis-selected
+ones, and a second seed of stage 2 and of full retraining). Draft runs are read from `runs/draft_*`
 (the `_draft(...)` lines below; command-line flags cannot reach entries
 of the `drafts` list, so edit them to decode other runs). Prompts are
 the first 64 tokens of held-out chunks of draft_text's test split.
@@ -21,7 +23,7 @@ model as drafts (no trained runs needed; plumbing and exactness only):
 import ml_collections
 from ml_collections import config_dict
 
-VARIANTS = ("plain", "ar", "pard", "eda", "all", "python")
+VARIANTS = ("plain", "ar", "pard", "eda", "all", "python", "python_ablation")
 
 
 def _draft(name, kind, source, num_draft):
@@ -30,7 +32,7 @@ def _draft(name, kind, source, num_draft):
 
 
 def get_config(arg=None):
-  """arg = "<plain|ar|pard|eda|all|python>[,smoke]"."""
+  """arg = "<variant>[,smoke]" (variants: module docstring)."""
   from configs import common  # pylint: disable=g-import-not-at-top
   arg = common.parse_arg(arg, variant="all", smoke=False)
   if arg.variant not in VARIANTS:
@@ -58,13 +60,24 @@ def get_config(arg=None):
                for k in (2, 4, 6)]
   if arg.variant in ("eda", "all"):
     drafts += [_draft(f"eda_k{k}", "eda", "runs/draft_eda", k) for k in (3,)]
-  if arg.variant == "python":  # the fine-tuned target, held-out Python
+  if arg.variant in ("python", "python_ablation"):
+    # The fine-tuned target, held-out Python.
     c.target = "run:runs/target_python"
     c.data.builder_config = "python_regen"
+  if arg.variant == "python":
     drafts = [_draft("ar_unadapted_k4", "ar", "runs/draft_ar", 4),
               _draft("eda_unadapted_k3", "eda", "runs/draft_eda", 3),
               _draft("eda_adapted_k3", "eda", "runs/draft_eda_python", 3),
               _draft("eda_full_k3", "eda", "runs/draft_eda_python_full", 3)]
+  if arg.variant == "python_ablation":  # configs/draft.py's commands
+    drafts = [_draft("eda_adapted_k3", "eda", "runs/draft_eda_python", 3),
+              _draft("eda_adapted_random_k3", "eda",
+                     "runs/draft_eda_python_random", 3),
+              _draft("eda_adapted_seed1_k3", "eda",
+                     "runs/draft_eda_python_s1", 3),
+              _draft("eda_full_k3", "eda", "runs/draft_eda_python_full", 3),
+              _draft("eda_full_seed1_k3", "eda",
+                     "runs/draft_eda_python_full_s1", 3)]
   c.drafts = drafts
   if arg.smoke:
     c.target = "tiny"
