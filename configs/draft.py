@@ -41,6 +41,11 @@ models; experiments/spec_decode/README.md).
   python -m experiments.train --config=configs/draft.py:eda_python \
       --workdir=runs/draft_eda_python --config.init_from=runs/draft_eda
 
+  (configs/spec_decode.py:python_ablation decodes with the random-selection
+  run `--config.draft.select=random --workdir=runs/draft_eda_python_random`
+  and the second seeds `eda_python,seed=1` -> runs/draft_eda_python_s1,
+  `eda_python_full,seed=1` -> runs/draft_eda_python_full_s1.)
+
 `smoke` uses a random byte-level tiny target and its regenerated data
 (seconds; plumbing only):
 

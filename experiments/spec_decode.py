@@ -245,8 +245,9 @@ def evaluate(config, workdir):
       if k:
         entry["acceptance_by_position"] = speculative.acceptance_by_position(
             first["hist"])
-        entry["draft_params"] = int(sum(
-            x.size for x in jax.tree.leaves(params)))
+        own = {n: v for n, v in params.items() if n != "target"}  # EDA
+        entry["draft_params"] = int(sum(  # shares the target's weights
+            x.size for x in jax.tree.leaves(own)))
       if temperature == 0:
         exact, ties = greedy_agreement(target, reference, first["outputs"],
                                        prompts)

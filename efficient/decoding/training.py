@@ -273,12 +273,13 @@ class EDATask(LanguageModelTask):
                                  seed=d.get("select_seed", 0))
     logging.info("EDA selection (%s): kept %d of %d rows in %.0f s.",
                  method, len(indices), len(rows), time.time() - start)
-    return {"method": method, "fraction": d["select_fraction"],
-            "rows": len(rows), "kept": len(indices),
-            "indices": indices.tolist(),
-            "score_kept_mean": float(scores[indices].mean()),
-            "score_all_mean": float(scores.mean()),
-            "seconds": time.time() - start}
+    out = {"method": method, "fraction": d["select_fraction"],
+           "rows": len(rows), "kept": len(indices),
+           "indices": indices.tolist(), "seconds": time.time() - start}
+    if method == "mahalanobis":  # random selection scores nothing
+      out.update(score_kept_mean=float(scores[indices].mean()),
+                 score_all_mean=float(scores.mean()))
+    return out
 
   def init_params(self, rng):
     d = self.model.dim

@@ -78,3 +78,6 @@ def test_target_finetune_eda_stages_and_decoding(data_dir, tmp_path):
   results = spec_decode.evaluate(config, str(tmp_path / "eval"))
   for m in results["methods"].values():
     assert m["greedy_match"] == 1.0
+  # The draft's size is the head's own, not the target's weights it reads.
+  head_size = sum(x.size for x in jax.tree.leaves(head2))
+  assert results["methods"]["eda_stage2@T=0.0"]["draft_params"] == head_size
