@@ -9,9 +9,10 @@ Variants: `plain` (our decoding against Hugging Face generate only), `ar`,
 Python prompts: unadapted AR / EDA drafts against EDA adapted (private
 expert only) and fully retrained), `python_ablation` (same target and
 prompts: stage 2 on randomly selected rows against the Mahalanobis-selected
-ones, and a second seed of stage 2 and of full retraining). Draft runs are read from `runs/draft_*`
-(the `_draft(...)` lines below; command-line flags cannot reach entries
-of the `drafts` list, so edit them to decode other runs). Prompts are
+ones, and a second seed of stage 2 and of full retraining). Draft runs
+are read from `runs/draft_*` (the `_draft(...)` lines below; command-line
+flags cannot reach entries of the `drafts` list, so edit them to decode
+other runs). Prompts are
 the first 64 tokens of held-out chunks of draft_text's test split.
 
 `smoke` runs the random byte-level tiny target with itself and a random
