@@ -295,6 +295,23 @@ def predicted_x0(eps_fn, schedule, x, step, labels):
   return (x - sigma * eps) / alpha
 
 
+def update_batch(eps_fn, schedule, x, step, labels, motion_plan, rng,
+                 fill="background"):
+  """The update at T0 = `step` of a batch `x` [B, F, H, W, C]: the
+  foreground mask from x̂₀ (for `fill="background"`), then `update` per
+  video (fresh noise at the step's noise level where a fill needs it)."""
+  foreground = None
+  if fill == "background":
+    x0 = predicted_x0(eps_fn, schedule, x, step, labels)
+    foreground = jax.vmap(foreground_mask)(x0)
+  sigma = jnp.sqrt(1 - schedule.alphas_cumprod[step])
+  keys = jax.random.split(rng, x.shape[0])
+  return jax.vmap(lambda z, key, fg: update(
+      z, motion_plan, key, fill=fill, foreground=fg, noise_scale=sigma),
+      in_axes=(0, 0, 0 if foreground is not None else None))(
+          x, keys, foreground)
+
+
 def snap(grid, step):
   """Index of the grid point nearest to `step`."""
   return int(np.argmin(np.abs(np.asarray(grid) - step)))
@@ -329,20 +346,11 @@ def sample(eps_fn, schedule, noise, labels, motion_plan, rng, *,
     raise ValueError(f"t0, t1, t2 = {t0}, {t1}, {t2} snap to steps "
                      f"{grid[i0]}, {grid[i1]}, {grid[i2]}: needs "
                      "T0 > T1 > 0 and T2 > T1")
-  batch = noise.shape[0]
   update_rng, correct_rng = jax.random.split(rng)
 
   x = run(eps_fn, schedule, noise, labels=labels, grid=grid[:i0 + 1])
-  foreground = None
-  if fill == "background":
-    x0 = predicted_x0(eps_fn, schedule, x, int(grid[i0]), labels)
-    foreground = jax.vmap(foreground_mask)(x0)
-  sigma = jnp.sqrt(1 - schedule.alphas_cumprod[int(grid[i0])])
-  keys = jax.random.split(update_rng, batch)
-  x = jax.vmap(lambda z, key, fg: update(
-      z, motion_plan, key, fill=fill, foreground=fg, noise_scale=sigma),
-      in_axes=(0, 0, 0 if foreground is not None else None))(
-          x, keys, foreground)
+  x = update_batch(eps_fn, schedule, x, int(grid[i0]), labels, motion_plan,
+                   update_rng, fill)
   if correction == "none":
     return run(eps_fn, schedule, x, labels=labels, grid=grid[i0:])
   x = run(eps_fn, schedule, x, labels=labels, grid=grid[i0:i1 + 1])

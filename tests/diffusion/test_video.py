@@ -134,6 +134,18 @@ def test_train_then_lightmotion_cli_runs_every_motion(tmp_path):
   assert "DDIM from n = 300: MSE" in check.stdout
   picture = np.asarray(Image.open(tmp_path / "sdedit.png"))
   assert picture.shape[:2] == (4 * 16 * 4, 2 * 16 * 4)  # 4 rows, 2 columns.
+  trace = subprocess.run(  # ... and the trace of x̂₀'s motion.
+      [sys.executable, "scripts/lightmotion_trace.py", str(workdir),
+       f"--out={tmp_path / 'trace.png'}", "--t0s=600,300", "--num_videos=2",
+       f"--json={tmp_path / 'trace.json'}"],
+      cwd=conftest.REPO, env=conftest.subprocess_env(devices=1, **env),
+      capture_output=True, text=True, timeout=300, check=False)
+  assert trace.returncode == 0, trace.stderr[-2000:]
+  curves = json.loads((tmp_path / "trace.json").read_text())["curves"]
+  assert [r["step"] for r in curves["600"]][:2] == [600, 600]
+  assert all(np.isfinite(r["background"]) for r in curves["300"])
+  assert (tmp_path / "trace.png").exists() and (
+      tmp_path / "trace_x0.png").exists()
   result = conftest.run_module(
       "experiments.lightmotion", f"--workdir={workdir}",
       "--ablations=no_mask", devices=1, timeout=600, **env)
