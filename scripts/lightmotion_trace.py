@@ -17,6 +17,11 @@ fit over all pixels) and prints the fraction of the requested move that x̂₀
 carries: the mean realised frame step projected on the requested one,
 Σ_k r_k e_k / Σ_k r_k² over (du px, dv px, zoom %, roll °).
 
+A control at each T0 moves every frame of the latent alike by the clip's
+whole move (no motion between frames) and fits x̂₀ after against x̂₀ before,
+frame by frame: the fraction of a move that all frames agree on which the
+model's estimate follows.
+
 Reading it: ≈ 0 before the update; right after it, how much of the move the
 permutation planted in x̂₀ (the model's estimate from the moved latent);
 after that, what the denoiser keeps of it. Writes the curves (`--out`) and,
@@ -71,6 +76,28 @@ def trace(eps_fn, schedule, noise, labels, motion_plan, rng, grid, t0,
   return x, estimates
 
 
+def uniform_control(eps_fn, schedule, noise, labels, path, rng, grid, t0):
+  """x̂₀ at T0 before and after moving *every* frame of the latent by the
+  clip's whole move `path[-1]` (no motion between frames; exposed tokens
+  fresh noise): does the model's estimate follow a move that all frames
+  agree on? Returns (before, after), each [B, F, H, W, C]."""
+  # pylint: disable=g-import-not-at-top
+  from efficient.diffusion import lightmotion
+  from efficient.diffusion import samplers
+  i0 = lightmotion.snap(grid, t0)
+  step0 = int(grid[i0])
+  frames, height, width = noise.shape[1:4]
+  same_move = lightmotion.plan(np.repeat(path[-1:], frames, 0), height,
+                               width)
+  x = jax.jit(lambda z: samplers.ddim_sample(
+      eps_fn, schedule, z, labels=labels, grid=grid[:i0 + 1]))(noise)
+  moved = lightmotion.update_batch(eps_fn, schedule, x, step0, labels,
+                                   same_move, rng, fill="noise")
+  x0_at = jax.jit(lambda z: lightmotion.predicted_x0(eps_fn, schedule, z,
+                                                     step0, labels))
+  return x0_at(x), x0_at(moved)
+
+
 def fraction_of_request(realised, requested):
   """Σ r e / Σ r² over (du, dv, zoom %, roll °) frame steps."""
   realised, requested = np.asarray(realised), np.asarray(requested)
@@ -117,7 +144,7 @@ def run(workdir, motion_name, t0s, num_videos, seed=0):
                              motion_estimation.consecutive_motions(
                                  jnp.clip(v, -1, 1), background_only=b)))
       for kind in ("background", "all_pixels")}
-  curves, pictures = {}, []
+  curves, controls, pictures = {}, {}, []
   for t0 in t0s:
     _, estimates = trace(eps_fn, task.schedule, noise, labels, motion_plan,
                          update_key, grid, t0, settings["fill"])
@@ -132,6 +159,17 @@ def run(workdir, motion_name, t0s, num_videos, seed=0):
       if t0 == settings["t0"]:
         pictures.append((step, i > 0, np.asarray(x0[0, ..., 0])))
     curves[t0] = curve
+    before, after = uniform_control(eps_fn, task.schedule, noise, labels,
+                                    path, update_key, grid, t0)
+    whole = to_units(np.array(motion_estimation.requested_steps(
+        path[[0, -1]])[0]))
+    pairs = lambda v: v.reshape((-1,) + v.shape[2:4])  # [B·F, H, W]
+    fitted = to_units(np.asarray(jax.jit(jax.vmap(
+        motion_estimation.fit_similarity))(
+            pairs(jnp.clip(before, -1, 1)), pairs(jnp.clip(after, -1, 1))
+        )).mean(0))
+    controls[t0] = {"requested": whole.tolist(), "realised": fitted.tolist(),
+                    "fraction": fraction_of_request(fitted, whole)}
     print(f"T0 = {t0}: fraction of the requested move in x̂₀ "
           "(background fit / all pixels)")
     for r in curve:
@@ -140,8 +178,11 @@ def run(workdir, motion_name, t0s, num_videos, seed=0):
         tag = ""
       print(f"  step {r['step']:4d} {tag:>13}: {r['background']:+.2f} / "
             f"{r['all_pixels']:+.2f}")
+    print(f"  control, every frame moved alike by the clip's whole move: "
+          f"x̂₀ follows {controls[t0]['fraction']:+.2f} of it (all pixels)")
   return {"motion": motion_name, "requested_step": requested.tolist(),
-          "num_videos": num_videos, "curves": curves}, pictures
+          "num_videos": num_videos, "curves": curves,
+          "uniform_control": controls}, pictures
 
 
 def plot(results, path):

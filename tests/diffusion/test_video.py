@@ -141,7 +141,9 @@ def test_train_then_lightmotion_cli_runs_every_motion(tmp_path):
       cwd=conftest.REPO, env=conftest.subprocess_env(devices=1, **env),
       capture_output=True, text=True, timeout=300, check=False)
   assert trace.returncode == 0, trace.stderr[-2000:]
-  curves = json.loads((tmp_path / "trace.json").read_text())["curves"]
+  traced = json.loads((tmp_path / "trace.json").read_text())
+  curves = traced["curves"]
+  assert np.isfinite(traced["uniform_control"]["300"]["fraction"])
   assert [r["step"] for r in curves["600"]][:2] == [600, 600]
   assert all(np.isfinite(r["background"]) for r in curves["300"])
   assert (tmp_path / "trace.png").exists() and (

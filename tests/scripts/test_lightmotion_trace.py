@@ -66,3 +66,20 @@ def test_fraction_of_request():
   np.testing.assert_allclose(
       lightmotion_trace.to_units([np.log(1.03), np.radians(2.0), 0.5, -1.0]),
       [0.5, -1.0, 3.0, 2.0])
+
+
+def test_uniform_control_moves_every_frame_alike():
+  """ε̂ = 0 again: x̂₀ after the control is x̂₀ before it, every frame
+  shifted by the clip's whole move (3 px)."""
+  schedule = schedules.Schedule.create("linear", 1000)
+  frames, size = 4, 8
+  noise = jax.random.normal(jax.random.PRNGKey(0), (2, frames, size, size, 1))
+  zero_eps = lambda x, step, labels: jnp.zeros_like(x)
+  path = lm.camera_path(lm.Motion(x=3 / size), frames, size, size)
+  before, after = lightmotion_trace.uniform_control(
+      zero_eps, schedule, noise, jnp.zeros((2,), jnp.int32), path,
+      jax.random.PRNGKey(1), samplers.step_grid(schedule, 10), t0=600)
+  before, after = np.asarray(before), np.asarray(after)
+  np.testing.assert_allclose(after[..., :size - 3, :], before[..., 3:, :],
+                             rtol=1e-6)
+  assert not np.allclose(after[..., size - 3:, :], before[..., :3, :])
