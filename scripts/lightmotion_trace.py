@@ -37,6 +37,13 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def _sample_to(eps_fn, schedule, noise, labels, grid, i0):
+  """Plain DDIM from `noise` at grid[0] to grid[i0] (T0)."""
+  from efficient.diffusion import samplers  # pylint: disable=g-import-not-at-top
+  return jax.jit(lambda z: samplers.ddim_sample(
+      eps_fn, schedule, z, labels=labels, grid=grid[:i0 + 1]))(noise)
+
+
 def trace(eps_fn, schedule, noise, labels, motion_plan, rng, grid, t0,
           fill="background"):
   """DDIM (η = 0) on `grid` with the update at T0 and no correction.
@@ -47,13 +54,11 @@ def trace(eps_fn, schedule, noise, labels, motion_plan, rng, grid, t0,
   """
   # pylint: disable=g-import-not-at-top
   from efficient.diffusion import lightmotion
-  from efficient.diffusion import samplers
   i0 = lightmotion.snap(grid, t0)
   if not 0 < i0 < len(grid) - 1:
     raise ValueError(f"t0={t0} snaps to step {grid[i0]}: needs T > T0 > 0")
   step0 = int(grid[i0])
-  x = jax.jit(lambda z: samplers.ddim_sample(
-      eps_fn, schedule, z, labels=labels, grid=grid[:i0 + 1]))(noise)
+  x = _sample_to(eps_fn, schedule, noise, labels, grid, i0)
   x0_at = jax.jit(lambda z, step: lightmotion.predicted_x0(
       eps_fn, schedule, z, step, labels))
   before = x0_at(x, step0)
@@ -83,14 +88,12 @@ def uniform_control(eps_fn, schedule, noise, labels, path, rng, grid, t0):
   agree on? Returns (before, after), each [B, F, H, W, C]."""
   # pylint: disable=g-import-not-at-top
   from efficient.diffusion import lightmotion
-  from efficient.diffusion import samplers
   i0 = lightmotion.snap(grid, t0)
   step0 = int(grid[i0])
   frames, height, width = noise.shape[1:4]
   same_move = lightmotion.plan(np.repeat(path[-1:], frames, 0), height,
                                width)
-  x = jax.jit(lambda z: samplers.ddim_sample(
-      eps_fn, schedule, z, labels=labels, grid=grid[:i0 + 1]))(noise)
+  x = _sample_to(eps_fn, schedule, noise, labels, grid, i0)
   moved = lightmotion.update_batch(eps_fn, schedule, x, step0, labels,
                                    same_move, rng, fill="noise")
   x0_at = jax.jit(lambda z: lightmotion.predicted_x0(eps_fn, schedule, z,
