@@ -22,7 +22,10 @@ every requested motion and every ablation (on `ablation_motions`):
      (efficient/diffusion/fid.py), and the class accuracy of the frames.
 
 The estimator itself is checked first on the `fmnist_video/moving` (or
-`moving_bold`, for a model of `static_bold`) test split, whose camera moves are known (`estimator/...` keys). Outputs go to
+`moving_bold`, for a `*_bold` model) test split, whose camera moves are
+known (`estimator/...` keys); how much those videos move, truly and as
+estimated (`moving_data/...`), is the yardstick for the uncontrolled row
+of a model trained on moving cameras. Outputs go to
 `<workdir>/lightmotion/`: results.json, a printed markdown table,
 motion_errors.png, and per condition a strip PNG (4 videos × 8 frames) and
 a GIF; sampled videos are cached (`videos/<condition>.npy`), so a rerun
@@ -197,7 +200,7 @@ def estimator_check(data_dir, num_videos, smoke=False, downsample=1,
   if not builder.is_prepared():
     builder.download_and_prepare()
   source = builder.as_data_source(split="test")
-  errors = []
+  errors, seen, true = [], [], []
   for i in range(min(num_videos, len(source))):
     example = source[i]
     video = pipeline.VideoToFloat(downsample).map(example)["video"]
@@ -205,10 +208,19 @@ def estimator_check(data_dir, num_videos, smoke=False, downsample=1,
         lightmotion.Motion(*map(float, example["camera"])),
         *video.shape[:3])
     estimated = motion_estimation.consecutive_motions(video)
-    errors.append(motion_estimation.motion_errors(
-        estimated, motion_estimation.requested_steps(path)))
-  return {f"estimator/{k}": float(np.mean([e[k] for e in errors]))
-          for k in errors[0]} | {"estimator/num_videos": len(errors)}
+    requested = motion_estimation.requested_steps(path)
+    errors.append(motion_estimation.motion_errors(estimated, requested))
+    # How much these videos move: the same statistic as an uncontrolled
+    # sample's "errors" (against no move), to compare a moving-camera
+    # model's own motion with its data's.
+    still = np.zeros_like(requested)
+    seen.append(motion_estimation.motion_errors(estimated, still))
+    true.append(motion_estimation.motion_errors(requested, still))
+  mean = lambda records, k: float(np.mean([r[k] for r in records]))
+  return ({f"estimator/{k}": mean(errors, k) for k in errors[0]} |
+          {f"moving_data/estimated_{k}": mean(seen, k) for k in seen[0]} |
+          {f"moving_data/camera_{k}": mean(true, k) for k in true[0]} |
+          {"estimator/num_videos": len(errors)})
 
 
 def frame_quality(classifier, videos, labels, real_features):
@@ -386,6 +398,12 @@ def main(argv):
         f"{results['estimator/shift_px']:.3f} px, "
         f"{results['estimator/scale_pct']:.3f} %, "
         f"{results['estimator/rotation_deg']:.3f}° per frame step")
+  print("their camera moves (true / estimated, the uncontrolled row's "
+        "statistic): " + ", ".join(
+            f"{results['moving_data/camera_' + k]:.3f} / "
+            f"{results['moving_data/estimated_' + k]:.3f} {unit}"
+            for k, unit in (("shift_px", "px"), ("scale_pct", "%"),
+                            ("rotation_deg", "°"))))
 
 
 if __name__ == "__main__":

@@ -171,6 +171,10 @@ def test_train_then_lightmotion_cli_runs_every_motion(tmp_path):
                              [0], path[1, 0, 2], rtol=1e-6)
   assert out["estimator/num_videos"] == 8
   assert out["estimator/shift_px"] < 0.5
+  # The moving data's own camera moves, true and as the estimator sees them.
+  assert out["moving_data/camera_shift_px"] > 0
+  assert abs(out["moving_data/estimated_shift_px"] -
+             out["moving_data/camera_shift_px"]) <= out["estimator/shift_px"]
   assert (workdir / "lightmotion" / "motion_errors.png").exists()
   assert "| pan_zoom_roll |" in result.stdout
 
