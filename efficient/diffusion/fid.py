@@ -227,3 +227,39 @@ def high_frequency_spectral_error(images_a, images_b):
   top = len(pa) - 1
   band = slice(top // 2 + 1, top + 1)
   return float(np.mean(np.abs(np.log10(pa[band]) - np.log10(pb[band]))))
+
+
+def _neighbourhood(images, pad_value=None):
+  """[8 or 9, n, h, w]: each pixel's 3×3 neighbours (the centre included
+  when `pad_value` is None, where the border repeats the edge)."""
+  x = np.asarray(images, np.float64)
+  x = x[..., 0] if x.ndim == 4 else x
+  _, h, w = x.shape
+  if pad_value is None:
+    p = np.pad(x, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+  else:
+    p = np.pad(x, ((0, 0), (1, 1), (1, 1)), constant_values=pad_value)
+    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+               if (dy, dx) != (0, 0)]
+  return x, np.stack([p[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+                      for dy, dx in offsets])
+
+
+def isolated_bright_pixels(images, bright=0.0, dark=-0.5):
+  """[n, h, w] bool: pixels (in [−1, 1]) above `bright` whose 8 neighbours
+  are all below `dark` (outside the image counts as black) — one-pixel
+  speckle on a dark background, which Fashion-MNIST itself almost never
+  has (0.1% of its 16×16 test images)."""
+  x, neighbours = _neighbourhood(images, pad_value=-1.0)
+  return (x > bright) & (neighbours.max(0) < dark)
+
+
+def highpass_energy(images, foreground=-0.8):
+  """(foreground, background) mean of (x − its 3×3 box mean)² over pixels
+  above / below `foreground`: where a sample's grain sits."""
+  x, neighbours = _neighbourhood(images)
+  energy = (x - neighbours.mean(0))**2
+  fg = x > foreground
+  return float(energy[fg].mean()), float(energy[~fg].mean())
+

@@ -292,6 +292,17 @@ def test_train_then_sample_cli_writes_scores_and_grids(fashion_dirs, tmp_path):
   assert all(np.isfinite(r["high_res_mse"]) and np.isfinite(r["x0_mse"])
              for r in records)
   assert (tmp_path / "curve.png").exists()
+  texture = subprocess.run(
+      [sys.executable, "scripts/sample_texture.py", str(workdir),
+       "--prefix=dpm_solver_pp_2", f"--out={tmp_path / 'texture.json'}"],
+      cwd=conftest.REPO, env=conftest.subprocess_env(devices=2, **env),
+      capture_output=True, text=True, timeout=300, check=False)
+  assert texture.returncode == 0, texture.stderr[-2000:]
+  rows = json.loads((tmp_path / "texture.json").read_text())
+  assert rows["test set"]["hf_error"] == 0.0
+  assert rows[str(workdir)]["num_images"] == 16
+  assert rows[str(workdir)]["hf_error"] == pytest.approx(  # Same samples.
+      results["dpm_solver_pp_2/hf_spectral_error"], rel=1e-9)
   missing = conftest.run_module("experiments.sample",
                                 f"--workdir={tmp_path / 'nothing'}",
                                 devices=1, **env)
@@ -316,3 +327,23 @@ def test_high_frequency_spectral_error_sees_blur_and_noise_not_copies():
   yy, xx = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
   wave = np.cos(2 * np.pi * 5 * xx / 32)[None]
   assert np.argmax(fid.radial_power_spectrum(wave)) == 5
+
+
+def test_isolated_bright_pixels_and_highpass_energy_find_planted_speckle():
+  rng = np.random.default_rng(5)
+  real = np.full((20, 16, 16, 1), -1.0)
+  real[:, 4:12, 5:11] = rng.uniform(0.2, 0.8, size=(20, 8, 6, 1))  # Garments.
+  assert not fid.isolated_bright_pixels(real).any()  # Bright, not isolated.
+  speckled = real.copy()
+  where = [(0, 1, 1), (3, 14, 2), (3, 0, 15), (7, 14, 14)]  # Corners too.
+  for i, y, x in where:
+    speckled[i, y, x] = 0.6
+  found = fid.isolated_bright_pixels(speckled)
+  assert sorted(zip(*np.nonzero(found))) == sorted(where)
+  speckled[7, 13, 13] = -0.4  # A neighbour above `dark`: no longer isolated.
+  assert fid.isolated_bright_pixels(speckled).sum() == 3
+  fg, bg = fid.highpass_energy(real)
+  assert fg > 0.0 and bg > 0.0  # Edges: black pixels beside garments.
+  grainy = real + 0.05 * rng.normal(size=real.shape) * (real > -0.8)
+  assert fid.highpass_energy(grainy)[0] > fg
+  assert fid.highpass_energy(speckled)[1] > bg
