@@ -44,17 +44,13 @@ def texture_stats(images, real):
   # pylint: disable=g-import-not-at-top
   from efficient.diffusion import fid
   speckled = fid.isolated_bright_pixels(images).any(axis=(1, 2))
-  power = fid.radial_power_spectrum(images)
-  real_power = fid.radial_power_spectrum(real)
-  top = len(power) - 1
-  band = slice(top // 2 + 1, top + 1)
   fg, bg = fid.highpass_energy(images)
   clean = images[~speckled] if (~speckled).any() else images
   return dict(
       num_images=len(images), speckled=float(speckled.mean()),
       hf_error=fid.high_frequency_spectral_error(images, real),
       hf_error_unspeckled=fid.high_frequency_spectral_error(clean, real),
-      hf_log_ratio=float(np.mean(np.log10(power[band] / real_power[band]))),
+      hf_log_ratio=float(np.mean(fid.high_frequency_log_ratio(images, real))),
       highpass_fg=fg, highpass_bg=bg)
 
 

@@ -221,12 +221,18 @@ def radial_power_spectrum(images):
   return np.array([power[radius == r].mean() for r in range(top + 1)])
 
 
-def high_frequency_spectral_error(images_a, images_b):
-  """Mean |Δ log₁₀ power| over radii top/2 + 1 .. top (top = Nyquist)."""
+def high_frequency_log_ratio(images_a, images_b):
+  """log₁₀(power_a / power_b) at radii top/2 + 1 .. top (top = Nyquist):
+  > 0 where `images_a` have more fine detail (or grain) than `images_b`."""
   pa, pb = radial_power_spectrum(images_a), radial_power_spectrum(images_b)
   top = len(pa) - 1
   band = slice(top // 2 + 1, top + 1)
-  return float(np.mean(np.abs(np.log10(pa[band]) - np.log10(pb[band]))))
+  return np.log10(pa[band]) - np.log10(pb[band])
+
+
+def high_frequency_spectral_error(images_a, images_b):
+  """Mean |Δ log₁₀ power| over radii top/2 + 1 .. top (top = Nyquist)."""
+  return float(np.mean(np.abs(high_frequency_log_ratio(images_a, images_b))))
 
 
 def _neighbourhood(images, pad_value=None):
