@@ -30,8 +30,8 @@ def _load(path):
     return json.load(f)
 
 
-def _print_table(header, columns, rows):
-  print("| " + " | ".join([header] + columns) + " |")
+def _print_table(columns, rows):
+  print("| " + " | ".join(["metric"] + columns) + " |")
   print("|---|" + "---|" * len(columns))
   for row in rows:
     print("| " + " | ".join(row) + " |")
@@ -40,7 +40,7 @@ def _print_table(header, columns, rows):
 def main(paths):
   runs = [_load(path) for path in paths]
   keys = list(dict.fromkeys(k for run in runs for k in run))
-  _print_table("metric", paths,
+  _print_table(paths,
                [[key] + [_fmt(run.get(key, "")) for run in runs]
                 for key in keys])
 
@@ -55,13 +55,6 @@ def variant_and_seed(path):
   if os.path.exists(config_path):
     seed = int(_load(config_path).get("seed", seed))
   return variant, seed
-
-
-def spread(values):
-  """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
-  mean = statistics.fmean(values)
-  std = statistics.stdev(values) if len(values) > 1 else 0.0
-  return mean, std
 
 
 def main_seeds(paths):
@@ -86,14 +79,14 @@ def main_seeds(paths):
       if not values:
         row.append("")
       elif len(numeric) == len(values) and len(values) > 1:
-        mean, std = spread(numeric)
+        mean, std = statistics.fmean(numeric), statistics.stdev(numeric)
         row.append(f"{mean:.4g} ± {std:.2g} (n={len(values)})")
       elif len(set(map(str, values))) == 1:
         row.append(_fmt(values[0]))
       else:
         row.append(" / ".join(_fmt(v) for v in values))
     rows.append(row)
-  _print_table("metric", list(groups), rows)
+  _print_table(list(groups), rows)
 
 
 if __name__ == "__main__":
