@@ -21,7 +21,7 @@ def _table(*args):
       [sys.executable, "scripts/results_table.py", *args],
       cwd=conftest.REPO, capture_output=True, text=True, check=True)
   cells = [[c.strip() for c in line.split("|")[1:-1]]
-           for line in result.stdout.splitlines()[2:]]
+           for line in result.stdout.splitlines()[2:] if line.startswith("|")]
   return {row[0]: row[1:] for row in cells}, result.stdout
 
 
@@ -60,3 +60,26 @@ def test_one_column_per_run(tmp_path):
   rows, _ = _table(*paths)
   assert rows["fid"] == ["1.5", "2.25"]
   assert rows["name"] == ["p", ""]
+
+
+def test_seeds_plot_draws_a_png_and_names_unknown_metrics(tmp_path):
+  paths = [_write_run(tmp_path / "a", "dit", {"fid": 15.0, "kid": 6.0}),
+           _write_run(tmp_path / "b", "dit_s1", {"fid": 17.0, "kid": 9.0},
+                      seed=1),
+           _write_run(tmp_path / "c", "dimr", {"fid": 16.0})]
+  png = tmp_path / "seeds.png"
+  _, stdout = _table("--seeds", *paths, f"--plot={png}", "--metrics=fid,kid")
+  assert f"wrote {png}" in stdout
+  with open(png, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+  def fails(*args):
+    result = subprocess.run(
+        [sys.executable, "scripts/results_table.py", *args],
+        cwd=conftest.REPO, capture_output=True, text=True, check=False)
+    assert result.returncode != 0
+    return result.stderr
+
+  assert "fd" in fails("--seeds", *paths, f"--plot={png}", "--metrics=fd")
+  assert "--metrics" in fails("--seeds", *paths, f"--plot={png}")
+  assert "--seeds" in fails(*paths, f"--plot={png}", "--metrics=fid")
