@@ -101,7 +101,7 @@ def main_seeds(groups):
 
 
 def plot_seeds(groups, metrics, path):
-  """One panel per metric: seeds as dots, mean as a bar, ± sample std."""
+  """One panel per metric: seeds as dots, mean as a tick, ± sample std."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
