@@ -5,7 +5,9 @@ pixels; CIFAR cannot be fetched here, so this reads Fashion-MNIST (Debian
 package `dataset-fashion-mnist`) as 784 pixel tokens, with the Nyströmformer
 /YOSO/MRA harness settings for Image (mlpen/Nystromformer `lra_config.py`):
 the 2-layer width-64 encoder, batch 256, AdamW under OneCycleLR peaking at
-1e-4 after 175 steps, 35,000 steps, evaluation every 175. Attention settings
+1e-4 after 175 steps, 35,000 steps, evaluation every 175, and test accuracy
+reported for the weights with the best validation accuracy
+(`best/test/accuracy` in results.json). Attention settings
 are the Image ones of each repo (YOSO τ = 10); one difference: MRA's CIFAR
 config re-orders the 32×32 pixels into 4×8 tiles so its 32-token blocks are
 2-D patches (`input_shape`), while here the 784 pixels keep raster order
@@ -38,6 +40,7 @@ def get_config(arg=None):
   c.keep_checkpoints = 3
   c.eval_splits = ("validation",)
   c.final_eval_splits = ("validation", "test")
+  c.select_best = "max:validation/accuracy"  # Test at best dev, as the harness.
   c.init_from = config_dict.placeholder(str)
   c.mesh = (("data", -1), ("fsdp", 1), ("model", 1))
   c.compute_dtype = "float32"

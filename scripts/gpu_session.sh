@@ -153,7 +153,7 @@ train_lra() {  # One time-boxed ListOps run per method, $LRA_SECONDS each.
       --config.progress=False > "$OUT/lra_listops_$m.log" 2>&1
     code=$?
     mkdir -p "$OUT/lra_listops_$m"
-    cp $workdir/{config.json,metrics.jsonl,results.json} "$OUT/lra_listops_$m/" 2>/dev/null
+    cp $workdir/{config.json,metrics.jsonl,results.json,best.json} "$OUT/lra_listops_$m/" 2>/dev/null
     bundle
     echo "$m: exit $code after $((SECONDS - t0))s; last record: $(tail -1 $workdir/metrics.jsonl 2>/dev/null | cut -c1-160)"
   done

@@ -13,6 +13,7 @@ Resume precedence (`trainer.train_and_evaluate` logs which one applied):
      have them), with a fresh optimizer at step 0 and a fresh data iterator;
   3. random initialisation.
 """
+import json
 import os
 import re
 
@@ -21,6 +22,8 @@ from etils import epath
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+from efficient.errors import ConfigError
 
 
 class Checkpointer:
@@ -93,6 +96,77 @@ class Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def parse_select(select):
+  """`"max:<metric>"` or `"min:<metric>"` → (mode, metric); ConfigError else."""
+  mode, _, metric = select.partition(":")
+  if mode not in ("max", "min") or not metric:
+    raise ConfigError(f"config.select_best={select!r}: 'max:<metric>' or "
+                      "'min:<metric>', e.g. 'max:validation/accuracy'")
+  return mode, metric
+
+
+class BestWeights:
+  """The evaluated weights with the best metric so far (`config.select_best`).
+
+  The protocol of the Nyströmformer/YOSO/MRA LRA harness (mlpen/Nystromformer
+  `LRA/code/run_tasks.py`): evaluate on dev every `eval_frequency` steps,
+  save the model whenever dev accuracy *strictly* improves, and report test
+  accuracy of the saved model — not of the final weights. `select` is
+  "max:<metric>" or "min:<metric>" over an evaluation's metrics, e.g.
+  "max:validation/accuracy"; ties keep the earlier weights.
+
+  Layout: `<workdir>/best/<step>/` (the params only, orbax) and
+  `<workdir>/best.json` {"step", "metric", "mode", "value"}. The json is
+  written after the weights are on disk, so a save cut off by a kill leaves
+  the previous best in force. On resume, a best newer than the restored
+  checkpoint is dropped: replaying those steps (same data, same RNG)
+  re-offers it.
+  """
+
+  def __init__(self, workdir, select, resume_step):
+    self.mode, self.metric = parse_select(select)
+    self.directory = epath.Path(workdir) / "best"
+    self.json_path = epath.Path(workdir) / "best.json"
+    self.record = None
+    if self.json_path.exists():
+      record = json.loads(self.json_path.read_text())
+      if record["step"] <= resume_step and record["metric"] == self.metric:
+        self.record = record
+
+  @property
+  def step(self):
+    return None if self.record is None else self.record["step"]
+
+  def offer(self, step, metrics, params):
+    """Keeps `params` if `metrics[metric]` beats the best; True if it did."""
+    if self.metric not in metrics:
+      raise ConfigError(
+          f"config.select_best metric {self.metric!r} is not among the "
+          f"evaluation's metrics {sorted(metrics)}; evaluate its split in "
+          "config.eval_splits and config.final_eval_splits")
+    value = float(metrics[self.metric])
+    if self.record is not None:
+      best = self.record["value"]
+      if not (value > best if self.mode == "max" else value < best):
+        return False
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(self.directory / str(step), params, force=True)
+    checkpointer.wait_until_finished()  # Before the next step donates them.
+    self.record = {"step": step, "metric": self.metric, "mode": self.mode,
+                   "value": value}
+    if jax.process_index() == 0:
+      self.json_path.write_text(json.dumps(self.record, indent=2))
+      for old in self.directory.iterdir():
+        if old.name != str(step) and re.fullmatch(r"\d+", old.name):
+          old.rmtree()
+    return True
+
+  def restore(self, abstract_params):
+    """The kept params, placed as `abstract_params` (sharded ShapeDtypeStructs)."""
+    return ocp.StandardCheckpointer().restore(
+        self.directory / str(self.step), abstract_params)
 
 
 def _latest_state_dir(path):

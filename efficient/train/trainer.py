@@ -6,8 +6,12 @@ is importable, so a notebook calls it with `get_config(...)` directly.
 
 Outputs in `workdir` (see DESIGN.md): `checkpoints/` (orbax), `metrics.jsonl`
 (one object per log step, with "step"), `tensorboard/`, `config.json` and, at
-the end, `results.json`. Calling it again on the same workdir resumes from the
-latest readable checkpoint (precedence in `efficient.train.checkpoint`).
+the end, `results.json`. With `config.select_best` (e.g.
+"max:validation/accuracy"), also `best/<step>/` and `best.json`: the weights
+of the best evaluation, whose final metrics go to results.json as
+`best/<split>/<metric>` beside the final weights' (`checkpoint.BestWeights`).
+Calling it again on the same workdir resumes from the latest readable
+checkpoint (precedence in `efficient.train.checkpoint`).
 
 Preemption: on SIGTERM (or orbax's multi-host preemption notice) the loop
 saves a checkpoint at the current step and returns; re-running resumes.
@@ -82,6 +86,8 @@ def _validate(config):
     raise ConfigError(f"config.ema_decay={config.ema_decay} not in [0, 1)")
   if config.init_from and not os.path.exists(config.init_from):
     raise ConfigError(f"config.init_from={config.init_from!r} does not exist")
+  if config.get("select_best"):
+    checkpoint_lib.parse_select(config.select_best)
   pipeline.check_data_dir(config.data)
   try:
     mesh = sharding.make_mesh(config.mesh)
@@ -117,6 +123,22 @@ def _results_table(results):
           for k, v in results.items()]
   width = max(len(k) for k, _ in rows)
   return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def _best_results(best, step, final, params, abstract_params, evaluate):
+  """`best/<metric>` of the weights `best` kept (the final ones, `params`
+  with metrics `final`, included as a candidate) and `best/step`: the LRA
+  harness' report, test accuracy at the best dev accuracy."""
+  best.offer(step, final, params)
+  if best.step == step:
+    metrics = {k: v for k, v in final.items() if k != "step"}
+  else:
+    metrics = evaluate(best.restore(abstract_params))
+    logging.info("Best %s at step %d (of %d): %s", best.metric, best.step,
+                 step, metrics)
+  out = {f"best/{k}": v for k, v in metrics.items()}
+  out["best/step"] = best.step
+  return out
 
 
 def train_and_evaluate(config, workdir):
@@ -251,6 +273,8 @@ def _run(config, workdir, mesh, builder, wall_start):
                               jax.tree.map(lambda x: x.sharding, fresh))
       state = state.replace(params=params,
                             ema_params=params if use_ema else None)
+  best = (checkpoint_lib.BestWeights(workdir, config.select_best, start_step)
+          if config.get("select_best") else None)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info("Model %s: %s parameters.", config.model.name,
                f"{num_params:,}")
@@ -290,8 +314,10 @@ def _run(config, workdir, mesh, builder, wall_start):
     logging.info("Train step compiled in %.1f s.", compile_time)
 
   # ----------------------------------------------------------- Evaluators
-  def evaluate(splits, state):
-    params = state.ema_params if use_ema else state.params
+  def evaluated_params(state):
+    return state.ema_params if use_ema else state.params
+
+  def evaluate(splits, params):
     out = {}
     for split in splits:
       out.update(evaluators.Evaluator(
@@ -335,7 +361,10 @@ def _run(config, workdir, mesh, builder, wall_start):
           ckpt.save(step, state, train_iter, config)
         if is_eval:
           eval_start = time.time()
-          writer.write(step, evaluate(config.eval_splits, state))
+          eval_metrics = evaluate(config.eval_splits, evaluated_params(state))
+          writer.write(step, eval_metrics)
+          if best is not None:
+            best.offer(step, eval_metrics, evaluated_params(state))
           eval_time += time.time() - eval_start
         tick = time.time()
       if stopping:
@@ -350,9 +379,14 @@ def _run(config, workdir, mesh, builder, wall_start):
   # ------------------------------------------------------ Final evaluation
   ckpt.close()
   results = {"step": total_steps}
-  results.update(evaluate(config.final_eval_splits, state))
+  results.update(evaluate(config.final_eval_splits, evaluated_params(state)))
+  if best is not None:
+    results.update(_best_results(
+        best, total_steps, results, evaluated_params(state),
+        abstract_state.params,
+        lambda params: evaluate(config.final_eval_splits, params)))
   results.update(task.final_results(
-      state.ema_params if use_ema else state.params, builder=builder,
+      evaluated_params(state), builder=builder,
       splits=config.final_eval_splits, mesh=mesh, workdir=workdir,
       config=config))
   results_path = os.path.join(workdir, "results.json")

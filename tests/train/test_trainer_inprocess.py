@@ -1,11 +1,15 @@
 """train_and_evaluate called directly (the notebook path): EMA, bf16, options."""
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import orbax.checkpoint as ocp
 
 from configs import listops as listops_config
+from efficient.errors import ConfigError
+from efficient.train import checkpoint
 from efficient.train import trainer
 from tests import conftest
 
@@ -71,3 +75,51 @@ def test_every_attention_trains_through_the_listops_config(
   records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").open()]
   assert all(np.isfinite(r["train/loss"]) for r in records
              if "train/loss" in r)
+
+
+def test_select_best_reports_the_kept_weights_of_the_best_evaluation(
+    listops_data_dir, tmp_path):
+  # "max:validation/loss" picks the *worst* evaluation: with a large lr the
+  # loss falls, so the pick is an early step and the final report has to
+  # come from weights restored from best/, not from the final state.
+  config = listops_config.get_config("softmax,smoke")
+  config.data.data_dir = listops_data_dir
+  config.total_steps = 4
+  config.eval_every = 1
+  config.optimizer.lr = 1e-2
+  config.select_best = "max:validation/loss"
+  results = trainer.train_and_evaluate(config, str(tmp_path))
+  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").open()]
+  evals = [(r["step"], r["validation/loss"]) for r in records
+           if "validation/loss" in r]
+  assert [s for s, _ in evals] == [1, 2, 3, 4]
+  step, value = max(evals, key=lambda e: e[1])  # The first of equal maxima.
+  assert step < 4, evals
+  assert results["best/step"] == step
+  # Re-evaluated from the restored weights: equal to that step's evaluation.
+  np.testing.assert_allclose(results["best/validation/loss"], value,
+                             rtol=1e-5)
+  assert results["best/test/loss"] != results["test/loss"]
+  assert json.loads((tmp_path / "best.json").read_text())["step"] == step
+  assert [p.name for p in (tmp_path / "best").iterdir()] == [str(step)]
+
+
+def test_best_weights_keeps_strict_improvements_and_drops_a_future_best(
+    tmp_path):
+  params = lambda x: {"w": np.full((3,), x, np.float32)}
+  best = checkpoint.BestWeights(tmp_path, "max:validation/accuracy", 0)
+  kept = [best.offer(s, {"validation/accuracy": a}, params(s))
+          for s, a in [(1, 0.2), (2, 0.1), (3, 0.2), (4, 0.5), (5, 0.4)]]
+  assert kept == [True, False, False, True, False]  # Ties keep the earlier.
+  abstract = {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}
+  np.testing.assert_array_equal(best.restore(abstract)["w"], params(4)["w"])
+  # Resumed from a checkpoint before step 4: that best is replayed, not kept.
+  assert checkpoint.BestWeights(tmp_path, "max:validation/accuracy", 4).step == 4
+  assert checkpoint.BestWeights(tmp_path, "max:validation/accuracy", 3).step is None
+  low = checkpoint.BestWeights(tmp_path / "low", "min:validation/loss", 0)
+  assert [low.offer(s, {"validation/loss": v}, params(s))
+          for s, v in [(1, 2.0), (2, 1.0), (3, 1.5)]] == [True, True, False]
+  with pytest.raises(ConfigError, match="validation/loss"):
+    low.offer(4, {"validation/accuracy": 0.3}, params(4))
+  with pytest.raises(ConfigError, match="max:<metric>"):
+    checkpoint.BestWeights(tmp_path, "best:validation/accuracy", 0)
