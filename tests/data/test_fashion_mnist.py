@@ -126,3 +126,16 @@ def test_video_to_float_downsample_averages_2x2_blocks_of_every_frame():
   np.testing.assert_array_equal(
       pipeline.VideoToFloat().map({"video": video, "label": 4})["video"],
       scaled)
+
+
+def test_image_config_schedules_lra_and_short():
+  from configs import image  # pylint: disable=g-import-not-at-top
+  for variant, (steps, batch, warmup, every) in (
+      ("lra", (35_000, 256, 175, 175)), ("short", (5_000, 32, 1_000, 50))):
+    c = image.get_config(f"yoso,variant={variant}")
+    assert (c.total_steps, c.batch_size, c.optimizer.warmup_steps,
+            c.eval_every) == (steps, batch, warmup, every)
+    assert c.model.attention_kwargs.hash_bits == 10  # YOSO's Image tau.
+    assert c.select_best == "max:validation/accuracy"
+  with pytest.raises(ValueError, match="variant='long'"):
+    image.get_config("softmax,variant=long")
