@@ -132,7 +132,8 @@ class BestWeights:
     self.record = None
     if self.json_path.exists():
       record = json.loads(self.json_path.read_text())
-      if record["step"] <= resume_step and record["metric"] == self.metric:
+      if (record["step"] <= resume_step and record["metric"] == self.metric
+          and record["mode"] == self.mode):
         self.record = record
 
   @property

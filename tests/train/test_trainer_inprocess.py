@@ -116,6 +116,7 @@ def test_best_weights_keeps_strict_improvements_and_drops_a_future_best(
   # Resumed from a checkpoint before step 4: that best is replayed, not kept.
   assert checkpoint.BestWeights(tmp_path, "max:validation/accuracy", 4).step == 4
   assert checkpoint.BestWeights(tmp_path, "max:validation/accuracy", 3).step is None
+  assert checkpoint.BestWeights(tmp_path, "min:validation/accuracy", 9).step is None
   low = checkpoint.BestWeights(tmp_path / "low", "min:validation/loss", 0)
   assert [low.offer(s, {"validation/loss": v}, params(s))
           for s, v in [(1, 2.0), (2, 1.0), (3, 1.5)]] == [True, True, False]
