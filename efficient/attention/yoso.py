@@ -472,7 +472,7 @@ def yoso_attention(q, k, v, *, mask=None, hash_bits=11, num_hashes=32,
       the original's algorithm), through pallas_kernels/yoso_lsh (GPU via
       Triton; interpreted on CPU); "pallas_sorted": the same sums by
       sorted tiles (pallas_kernels/yoso_lsh/sorted_tiles.py: matmuls, no
-      atomics).
+      atomics; GPU via Triton, TPU via Mosaic with XLA hashing there).
 
   Returns:
     `[batch, length, heads, head_dim]` in the dtype of `v`: L2-normalised
@@ -511,10 +511,14 @@ def yoso_attention(q, k, v, *, mask=None, hash_bits=11, num_hashes=32,
     rotation = hash_rotation(rng, (batch * heads,), head_dim,
                              num_hashes=num_hashes, hash_bits=hash_bits,
                              hashing=hashing)
-    q_codes, k_codes = (
-        yoso_lsh.hash_codes(jax.lax.stop_gradient(x), rotation,
-                            hash_bits=hash_bits, num_hashes=num_hashes,
-                            interpret=interpret) for x in (qn, kn))
+    if jax.default_backend() == "tpu":  # The Pallas hash is Triton-only.
+      hash_fn = functools.partial(pack_codes, rotation=rotation)
+    else:
+      hash_fn = functools.partial(yoso_lsh.hash_codes, rotation=rotation,
+                                  interpret=interpret)
+    q_codes, k_codes = (hash_fn(jax.lax.stop_gradient(x),
+                                hash_bits=hash_bits, num_hashes=num_hashes)
+                        for x in (qn, kn))
     cumulation = (yoso_lsh.yoso_lsh_cumulation if impl == "pallas" else
                   yoso_lsh.sorted_lsh_cumulation)
     out = cumulation(qn, kn, values, q_codes, k_codes, mu, mu,

@@ -27,10 +27,13 @@ Backends:
     2026-11-26: every test in tests/pallas_kernels/test_yoso_lsh.py
     passes); forward at par with cuDNN dense attention at n = 16384, the
     table backward ~25× slower than it (docs/kernels.md).
-  * TPU: not written. Mosaic has no scatter or atomics; bucket cumulation
-    there would be one-hot matmuls on the MXU, 2^τ·n·e multiply-adds per
-    hash, the order of dense attention itself at τ = 11 (LRA), so the
-    XLA path stays the TPU path.
+  * TPU: the table kernels are not written (Mosaic has no scatter or
+    atomics, and tables as one-hot matmuls on the MXU cost 2^τ·n·e
+    multiply-adds per hash, the order of dense attention at τ = 11). The
+    sorted tiles have a Mosaic form (tpu.py): `sorted_lsh_cumulation` and
+    `impl="pallas_sorted"` take it on TPU (hashing by XLA there). It
+    lowers for TPU and matches the reference in the interpreter; never
+    run on a TPU (none lent).
   * interpret=True: anywhere (the CPU tests).
 """
 import dataclasses

@@ -27,9 +27,12 @@ no such path; its v2 backward (yoso_v2, `count_sort`) also sorts keys by
 bucket, there to list each query's colliding keys.
 
 Worst case: every token in one bucket makes each query tile walk all n
-keys (O(n²), still exact). Backends: GPU (Triton: index-array row loads)
-and the interpreter; no TPU variant (row gathers by index array are not
-Mosaic's model). Not yet compiled or timed on a GPU.
+keys (O(n²), still exact). Backends: GPU (Triton: index-array row loads;
+compiled, tested and timed on an H200, docs/kernels.md), TPU (tpu.py: rows
+permuted into code order by XLA beforehand, since row gathers by index
+array are not Mosaic's model, and the staircase's tile pairs as a
+scalar-prefetched list; lowers for TPU, never run on one) and the
+interpreter (both forms).
 """
 import functools
 
@@ -38,6 +41,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 import pallas_kernels
+from pallas_kernels.yoso_lsh import tpu
 
 
 def _kernel(tiles_ref, rows_ref, row_codes_ref, cols_ref, col_codes_ref,
@@ -100,15 +104,21 @@ def column_ranges(row_sorted, col_sorted, n, tile):
 
 
 def sorted_cumulation(rows, cols, values, *, row_weight=None, col_weight=None,
-                      tile=64, interpret=False, platform=None):
+                      tile=64, hash_bits=None, interpret=False, platform=None):
   """Σ_h Y_h[i] = Σ_h Σ_{j: c_h(col j) = c_h(row i)} w_ij values_j, [g, n, e]
   float32, with w_ij = 1 or row_weight_i · col_weight_j.
 
   rows, cols: from `_plan`: (order, sorted codes, column ranges, inverse
   order) of the row tokens, (order, sorted codes) of the columns. values
   [g, n, e] (masked columns already zeroed), weights [g, n, f]. No sums
-  over hashes are divided by m here and no row mask is applied.
+  over hashes are divided by m here and no row mask is applied. On TPU
+  (`platform="tpu"`) this is tpu.py's Mosaic form (`hash_bits` sizes its
+  table fallback).
   """
+  if pallas_kernels.resolve_platform(platform) == "tpu":
+    return tpu.sorted_cumulation(rows, cols, values, row_weight=row_weight,
+                                 col_weight=col_weight, hash_bits=hash_bits,
+                                 tile=tile, interpret=interpret)
   row_order, row_sorted, ranges, inverse = rows
   col_order, col_sorted = cols
   g, m, padded = row_order.shape
@@ -185,18 +195,18 @@ def _sorted_lsh_cumulation(q, k, v, q_codes, k_codes, q_mask, k_mask,
 
 def _fwd(q, k, v, q_codes, k_codes, q_mask, k_mask, hash_bits, tile,
          interpret, platform):
-  del hash_bits
   plan = _plan(q_codes, k_codes, tile)
   out = _cumulate(plan[0], plan[1], v.astype(jnp.float32), q_mask, k_mask,
-                  q_codes.shape[1], tile=tile, interpret=interpret,
-                  platform=platform)
+                  q_codes.shape[1], tile=tile, hash_bits=hash_bits,
+                  interpret=interpret, platform=platform)
   return out, (q, k, v, q_mask, k_mask, plan, q_codes.shape[1])
 
 
 def _bwd(hash_bits, tile, interpret, platform, residuals, grad):
   q, k, v, q_mask, k_mask, plan, num_hashes = residuals
   q_rows, k_cols, k_rows, q_cols = plan
-  kwargs = dict(tile=tile, interpret=interpret, platform=platform)
+  kwargs = dict(tile=tile, hash_bits=hash_bits, interpret=interpret,
+                platform=platform)
   f32 = lambda x: x.astype(jnp.float32)
   grad, half_tau = f32(grad), hash_bits / 2
   dv = _cumulate(k_rows, q_cols, grad, k_mask, q_mask, num_hashes, **kwargs)

@@ -14,21 +14,24 @@ from efficient.attention import yoso
 from pallas_kernels import yoso_lsh
 from pallas_kernels.yoso_lsh import reference
 from pallas_kernels.yoso_lsh import sorted_tiles
+from pallas_kernels.yoso_lsh import tpu
 from tests.pallas_kernels import LOWERS_TRITON_WITHOUT_GPU
 from tests.pallas_kernels import interpret
 
 SIZES = yoso_lsh.BlockSizes(block=16)
-ALGORITHMS = ["tables", "sorted"]
+ALGORITHMS = ["tables", "sorted", "sorted_tpu"]
 
 
 def _cumulation(algorithm):
-  """The Pallas cumulation with the LSH backward, by tables or sorted
-  tiles (16-token blocks / tiles, so 37 tokens make ragged tiles)."""
+  """The Pallas cumulation with the LSH backward, by tables, sorted tiles
+  (GPU form) or sorted tiles (TPU form, interpreted off TPU); 16-token
+  blocks / tiles, so 37 tokens make ragged tiles."""
   if algorithm == "tables":
     return lambda *args, **kw: yoso_lsh.yoso_lsh_cumulation(
         *args, block_sizes=SIZES, interpret=interpret(), **kw)
+  platform = "tpu" if algorithm == "sorted_tpu" else None
   return lambda *args, **kw: sorted_tiles.sorted_lsh_cumulation(
-      *args, tile=16, interpret=interpret(), **kw)
+      *args, tile=16, interpret=interpret(platform), platform=platform, **kw)
 
 
 def _unit(rng, shape):
@@ -172,3 +175,44 @@ def test_kernels_lower_to_triton_for_cuda_on_a_cpu_machine():
   lowered = jax.jit(jax.value_and_grad(sorted_loss, argnums=(0, 1, 2))).trace(
       q, k, v).lower(lowering_platforms=("cuda",)).as_text()
   assert lowered.count("xla.gpu.triton") == 4
+
+
+def test_tpu_sorted_tiles_lower_to_mosaic_and_overflow_takes_the_tables():
+  """The TPU form lowers for TPU on a CPU machine (one Mosaic kernel per
+  pass, inside the capacity check's lax.cond), and more staircase pairs
+  than its capacity give the exact table result, not a truncated one."""
+  q, k, v, mask, _, rng = _inputs(7, n=300, d=32, e=64)
+  codes = jnp.asarray(rng.integers(0, 8, (2, 4, 300)), jnp.int32)
+  loss = lambda q, k, v: sorted_tiles.sorted_lsh_cumulation(
+      q, k, v, codes, codes, mask, mask, hash_bits=3, tile=128,
+      platform="tpu").sum()
+  lowered = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).trace(
+      q, k, v).lower(lowering_platforms=("tpu",)).as_text()
+  assert lowered.count("tpu_custom_call") == 4  # Forward, dV, dQ, dK.
+  # 8 buckets of ~38 tokens over 16-token tiles: about 4 column tiles per
+  # row tile. Capacity 8 (< 19 row tiles) overflows: the table path;
+  # capacity 100 fits: the kernel.
+  rows, cols = sorted_tiles._plan(codes, codes, 16)[:2]
+  needed = int(tpu.pairs_needed(rows, cols, 300, 16).max())
+  assert 8 < needed <= 100
+  values = v * mask[..., None]
+  for capacity in (8, 100):
+    out = tpu.sorted_cumulation(rows, cols, values, hash_bits=3, tile=16,
+                                capacity=capacity, interpret=True)
+    want = 4 * reference.cumulation(codes, codes, jnp.ones_like(mask),
+                                    jnp.ones_like(mask), values, 3)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
+  # The interpreted cases above (37 tokens, 16-token tiles) fit the default
+  # capacity, so they ran the kernel, not the table fallback.
+  for seed in (2, 3):
+    q, k, _, _, rotation, rng = _inputs(seed)
+    patterns = [reference.hash_codes(jnp.pad(
+        x, ((0, 0), (0, 0), (0, rotation.shape[1] - 16))), rotation, 5, 4)
+                for x in (q, k)]
+    patterns += [jnp.zeros((2, 4, 37), jnp.int32),
+                 jnp.asarray(rng.integers(0, 2, (2, 4, 37)), jnp.int32)]
+    for a in patterns:
+      for b in patterns:
+        rows, cols = sorted_tiles._plan(a, b, 16)[:2]
+        assert int(tpu.pairs_needed(rows, cols, 37, 16).max()) <= (
+            tpu.default_capacity(rows[1].shape[-1], 16))
