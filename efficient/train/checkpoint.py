@@ -152,9 +152,9 @@ class BestWeights:
       best = self.record["value"]
       if not (value > best if self.mode == "max" else value < best):
         return False
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(self.directory / str(step), params, force=True)
-    checkpointer.wait_until_finished()  # Before the next step donates them.
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(self.directory / str(step), params, force=True)
+      checkpointer.wait_until_finished()  # Before the next step donates them.
     self.record = {"step": step, "metric": self.metric, "mode": self.mode,
                    "value": value}
     if jax.process_index() == 0:
@@ -166,8 +166,9 @@ class BestWeights:
 
   def restore(self, abstract_params):
     """The kept params, placed as `abstract_params` (sharded ShapeDtypeStructs)."""
-    return ocp.StandardCheckpointer().restore(
-        self.directory / str(self.step), abstract_params)
+    with ocp.StandardCheckpointer() as checkpointer:
+      return checkpointer.restore(self.directory / str(self.step),
+                                  abstract_params)
 
 
 def _latest_state_dir(path):
