@@ -91,14 +91,7 @@ def sort_codes(codes, tile):
 def column_ranges(row_sorted, col_sorted, n, tile):
   """[g, m, tiles, 2] int32: per row tile, (first column, number of column
   tiles) of the sorted columns whose codes lie in the tile's code range."""
-  tiles = row_sorted.shape[-1] // tile - 1  # The last tile: padding only.
-  firsts = row_sorted[..., 0:tiles * tile:tile]
-  last_row = jnp.minimum(jnp.arange(tiles) * tile + tile - 1, n - 1)
-  lasts = row_sorted[..., last_row]
-  search = jax.vmap(jax.vmap(jnp.searchsorted, (0, 0, None)), (0, 0, None))
-  cols = col_sorted[..., :n]
-  start = search(cols, firsts, "left")
-  end = search(cols, lasts, "right")
+  start, end = tpu.code_ranges(row_sorted, col_sorted, n, tile)
   count = -(-(end - start) // tile)
   return jnp.stack([start, count], -1).astype(jnp.int32)
 

@@ -39,17 +39,23 @@ from pallas_kernels.yoso_lsh import reference
 LANES = 128
 
 
-def aligned_ranges(row_sorted, col_sorted, n, tile):
-  """Per row tile of sorted rows: (first aligned column tile, tile count)
-  covering the sorted columns whose codes lie in the tile's code range."""
+def code_ranges(row_sorted, col_sorted, n, tile):
+  """Per row tile of sorted rows, [g, m, tiles] (start, end): the span of
+  sorted columns whose codes lie in the tile's code range. Shared with the
+  GPU form (sorted_tiles.column_ranges)."""
   tiles = row_sorted.shape[-1] // tile - 1  # The last tile: padding only.
   firsts = row_sorted[..., 0:tiles * tile:tile]
   lasts = row_sorted[..., jnp.minimum(jnp.arange(tiles) * tile + tile - 1,
                                       n - 1)]
   search = jax.vmap(jax.vmap(jnp.searchsorted, (0, 0, None)), (0, 0, None))
   cols = col_sorted[..., :n]
-  start = search(cols, firsts, "left")
-  end = search(cols, lasts, "right")
+  return search(cols, firsts, "left"), search(cols, lasts, "right")
+
+
+def aligned_ranges(row_sorted, col_sorted, n, tile):
+  """Per row tile of sorted rows: (first aligned column tile, tile count)
+  covering the sorted columns whose codes lie in the tile's code range."""
+  start, end = code_ranges(row_sorted, col_sorted, n, tile)
   first = start // tile
   count = jnp.where(end > start, -(-end // tile) - first, 0)
   return first.astype(jnp.int32), count.astype(jnp.int32)
