@@ -11,6 +11,7 @@ Resume precedence (`trainer.train_and_evaluate` logs which one applied):
      `checkpoints/unreadable-<step>` with a warning and the previous one is used;
   2. `config.init_from`: weights only (params, and EMA params if both sides
      have them), with a fresh optimizer at step 0 and a fresh data iterator;
+     a `best/<step>` directory (`BestWeights`) gives its one set of weights;
   3. random initialisation.
 """
 import json
@@ -190,14 +191,23 @@ def load_weights(path, abstract_weights):
   """Restores only the given subtrees (e.g. {"params": ...}) of a checkpoint.
 
   Args:
-    path: a workdir, its `checkpoints/` directory or one `<step>` directory;
-      the latest step is used.
+    path: a workdir, its `checkpoints/` directory or one `<step>` directory
+      (the latest step is used), or a `best/<step>` directory of
+      `BestWeights`, whose weights (the evaluated ones: EMA where the run kept
+      it) fill every field asked for.
     abstract_weights: dict of the state fields to read ("params", optionally
       "ema_params"), as trees of sharded `jax.ShapeDtypeStruct`.
 
   Returns:
     The restored dict, placed with the target's shardings.
   """
+  best_dir = epath.Path(os.path.abspath(path))
+  if best_dir.parent.name == "best" and (best_dir / "_METADATA").exists():
+    logging.info("Loading best weights from %s into %s", best_dir,
+                 list(abstract_weights))
+    with ocp.StandardCheckpointer() as checkpointer:
+      weights = checkpointer.restore(best_dir, abstract_weights["params"])
+    return {name: weights for name in abstract_weights}
   state_dir = _latest_state_dir(os.path.abspath(path))  # orbax: absolute
   logging.info("Loading weights %s from %s", list(abstract_weights), state_dir)
   return ocp.PyTreeCheckpointer().restore(

@@ -77,8 +77,11 @@ class _Preemption:
 def _validate(config):
   """Checks what flag parsing cannot, before anything touches the workdir."""
   for key in ("total_steps", "batch_size", "log_every", "checkpoint_every"):
-    if config[key] <= 0:
-      raise ConfigError(f"config.{key}={config[key]} must be positive")
+    if config[key] <= 0 and not (key == "total_steps" and config[key] == 0
+                                 and config.init_from):
+      raise ConfigError(f"config.{key}={config[key]} must be positive"
+                        + (" (0 evaluates config.init_from's weights)"
+                           if key == "total_steps" else ""))
   if config.compute_dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"config.compute_dtype={config.compute_dtype!r} is not "
                       "'float32' or 'bfloat16'")
@@ -209,7 +212,9 @@ def _run(config, workdir, mesh, builder, wall_start):
   except (TypeError, ValueError) as e:
     raise ConfigError(str(e)) from None
   task = make_task(config, model)
-  tx, schedule = optimizer_lib.make_optimizer(config.optimizer, total_steps)
+  # total_steps = 0 (with init_from): evaluate those weights, train nothing.
+  tx, schedule = optimizer_lib.make_optimizer(config.optimizer,
+                                              max(total_steps, 1))
   use_ema = config.ema_decay > 0
 
   # ---------------------------------------------------------------- Data
@@ -274,7 +279,7 @@ def _run(config, workdir, mesh, builder, wall_start):
       state = state.replace(params=params,
                             ema_params=params if use_ema else None)
   best = (checkpoint_lib.BestWeights(workdir, config.select_best, start_step)
-          if config.get("select_best") else None)
+          if config.get("select_best") and total_steps else None)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info("Model %s: %s parameters.", config.model.name,
                f"{num_params:,}")
@@ -323,7 +328,8 @@ def _run(config, workdir, mesh, builder, wall_start):
       out.update(evaluators.Evaluator(
           split, builder.as_data_source(split=split), sums_fn=task.sums,
           transform=task.transform, mesh=mesh,
-          global_batch_size=config.eval_batch_size).run(params))
+          global_batch_size=config.eval_batch_size,
+          progress=config.progress).run(params))
     return out
 
   # ------------------------------------------------------------ Train loop

@@ -176,6 +176,17 @@ def test_lra_config_matches_the_spec():
   assert 700 < statistics.median(lengths) < 1400
 
 
+def test_heldout_config_is_lra_drawn_again_with_another_seed():
+  configs = {c.name: c for c in listops.ListOps.BUILDER_CONFIGS}
+  lra, heldout = configs["lra"], configs["lra_heldout"]
+  generator = lambda c: (c.min_length, c.max_length, c.max_depth, c.max_args)
+  assert generator(heldout) == generator(lra)
+  assert heldout.seed != lra.seed and heldout.num_test == 10_000
+  draw = lambda seed: listops.generate_expressions(
+      5, min_length=500, max_length=2000, seed=seed, progress=False)
+  assert not {t for t, _ in draw(heldout.seed)} & {t for t, _ in draw(lra.seed)}
+
+
 def test_pipeline_pads_batches_and_eval_covers_every_example_once(smoke):
   source = smoke.as_data_source(split="validation")
   batches = list(pipeline.eval_batches(source, global_batch_size=8,

@@ -102,6 +102,15 @@ def test_select_best_reports_the_kept_weights_of_the_best_evaluation(
   assert results["best/test/loss"] != results["test/loss"]
   assert json.loads((tmp_path / "best.json").read_text())["step"] == step
   assert [p.name for p in (tmp_path / "best").iterdir()] == [str(step)]
+  # total_steps=0 + init_from=best/<step>: those weights, evaluated alone.
+  config.total_steps = 0
+  with pytest.raises(ConfigError, match="0 evaluates config.init_from"):
+    trainer.train_and_evaluate(config, str(tmp_path / "no_weights"))
+  config.init_from = str(tmp_path / "best" / str(step))
+  again = trainer.train_and_evaluate(config, str(tmp_path / "evaluate"))
+  for key in ("validation/loss", "test/loss", "test/accuracy"):
+    np.testing.assert_allclose(again[key], results[f"best/{key}"], rtol=1e-6)
+  assert "best/step" not in again and "train_time_sec" not in again
 
 
 def test_best_weights_keeps_strict_improvements_and_drops_a_future_best(
