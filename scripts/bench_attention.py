@@ -37,7 +37,12 @@ HPARAMS = {
     "yoso-tables": {"hash_bits": 11, "num_hashes": 32,
                     "backward": "lsh_tables"},
     "mra": {"block_per_row": 8},
+    # Causal masking (YOSO's prefix-sum form; softmax's mask), not in the
+    # default sweep: --methods softmax,softmax-causal,yoso,yoso-causal
+    "softmax-causal": {"causal": True},
+    "yoso-causal": {"hash_bits": 11, "num_hashes": 32, "causal": True},
 }
+DEFAULT_METHODS = [m for m in HPARAMS if not m.endswith("-causal")]
 
 
 def _cpu_name():
@@ -153,7 +158,7 @@ def plot(records, path, title):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--methods", default=",".join(HPARAMS))
+  parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
   parser.add_argument("--lengths", default="1024,2048,4096,8192,16384")
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--heads", type=int, default=4)

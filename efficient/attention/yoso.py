@@ -70,10 +70,21 @@ Padding: padded keys never enter a bucket and padded queries output zeros,
 so changing padded tokens never changes real outputs (the Hugging Face port
 ignores the padding mask in this path; reference/attention.md §2.4).
 
-Causal masking: not supported. The sampled form sums whole buckets, which
-mix past and future keys; a causal YOSO would need a prefix-sum per bucket
-that the paper does not define (Hugging Face removed its decoder variant,
-PR #15091). Asking for it raises.
+Causal masking (`causal=True`; not in the paper or the original code, and
+Hugging Face removed its decoder variant, PR #15091): B_ij is restricted to
+j ≤ i in both forms. YOSO-E masks E to its lower triangle; the sampled form
+sums, per hash, only the keys of a query's bucket at or before its position.
+Each pair keeps its collision indicator, so the sampled causal form is still
+an unbiased estimate of causal YOSO-E, and the approximate backward above
+holds with B restricted the same way: dQ and dV-style sums over "past" keys,
+dK and dV over "future" queries. The bucket sums become prefix sums: per
+hash, keys are sorted by (code, position), V is summed along that order
+with a reset at each bucket (a segmented scan), and query i reads its
+bucket's sum up to position i (a binary search): O(n log n) per hash
+instead of the scatter's O(n), still linear in memory. The pair backward
+needs no change but the pair counts: a bucket's keys are already in
+position order, so a query's causal pairs are a prefix of them. Supported
+with impl="xla" only (the Pallas kernels refuse it).
 """
 import functools
 import math
@@ -207,8 +218,23 @@ def hash_codes(rng, q, k, *, num_hashes, hash_bits, hashing="hadamard"):
 # [g, n] float. Loops over hashes with lax.scan keep memory at one table.
 
 
-def lsh_cumulation(q_codes, k_codes, q_mask, k_mask, values, num_buckets):
-  """Y_i = (1/m) Σ_h Σ_{j: h(q_i)=h(k_j)} μ_i μ_j values_j (bucket tables)."""
+def lsh_cumulation(q_codes, k_codes, q_mask, k_mask, values, num_buckets,
+                   order=None):
+  """Y_i = (1/m) Σ_h Σ_{j: h(q_i)=h(k_j)} μ_i μ_j values_j (bucket tables).
+
+  `order="past"` keeps only keys j ≤ i, "future" only j ≥ i (causal YOSO
+  and its backward; queries and keys share positions): `prefix_cumulation`.
+  """
+  if order == "past":
+    return prefix_cumulation(q_codes, k_codes, q_mask, k_mask, values,
+                             num_buckets)
+  if order == "future":  # j ≥ i is j' ≤ i' on reversed positions.
+    out = prefix_cumulation(jnp.flip(q_codes, -1), jnp.flip(k_codes, -1),
+                            jnp.flip(q_mask, -1), jnp.flip(k_mask, -1),
+                            jnp.flip(values, 1), num_buckets)
+    return jnp.flip(out, 1)
+  if order is not None:
+    raise ValueError(f"order={order!r}: None, 'past' or 'future'")
   groups, num_hashes = q_codes.shape[:2]
   rows = jnp.arange(groups)[:, None]
   values = values * k_mask[..., None]
@@ -226,20 +252,94 @@ def lsh_cumulation(q_codes, k_codes, q_mask, k_mask, values, num_buckets):
   return out * q_mask[..., None] / num_hashes
 
 
+def _bucket_order(codes, mask, num_buckets):
+  """Per (group, hash): keys sorted by (code, position), masked keys last.
+
+  Returns the sorted packed keys code·n + position [g, m, n] (masked keys
+  carry code `num_buckets`) and the positions in that order.
+  """
+  length = codes.shape[-1]
+  packed = jnp.where(mask[:, None] > 0, codes, num_buckets) * length
+  packed = jnp.sort(packed + jnp.arange(length), axis=-1)
+  return packed, packed % length
+
+
+def _searchsorted(sorted_keys, queries, side):
+  """jnp.searchsorted over the last axis of [g, m, n] arrays."""
+  search = functools.partial(jnp.searchsorted, side=side)
+  return jax.vmap(jax.vmap(search))(sorted_keys, queries)
+
+
+def _causal_reads(packed, q_codes, q_mask):
+  """Per query [g, m, n]: (index in the sorted `packed` keys of its bucket's
+  first key, how many of its bucket's real keys sit at or before it)."""
+  length = q_codes.shape[-1]
+  first = _searchsorted(packed, q_codes * length, "left")
+  through = _searchsorted(packed, q_codes * length + jnp.arange(length),
+                          "right")
+  return (through - first) * (q_mask[:, None] > 0), first
+
+
+def causal_counts(q_codes, k_codes, q_mask, k_mask, num_buckets):
+  """`collision_counts` for causal pairs (keys j ≤ i only): [g, m, n]
+  (count, index of the bucket's first key in (code, position) order)."""
+  packed, _ = _bucket_order(k_codes, k_mask, num_buckets)
+  return _causal_reads(packed, q_codes, q_mask)
+
+
+def prefix_cumulation(q_codes, k_codes, q_mask, k_mask, values, num_buckets):
+  """Causal bucket cumulation: Y_i = (1/m) Σ_h Σ_{j ≤ i: h(q_i)=h(k_j)}
+  μ_i μ_j values_j, with queries and keys at the same positions.
+
+  Per hash, values are summed along the keys' (code, position) order with a
+  reset at each bucket's first key (a segmented scan: no cancellation
+  between buckets), and query i reads the running sum at its bucket's last
+  key at or before position i. O(n log n) per hash.
+  """
+  groups, num_hashes, length = q_codes.shape
+  values = values * k_mask[..., None]
+  rows = jnp.arange(groups)[:, None]
+
+  def one_hash(acc, codes):
+    qc, kc = codes  # [g, n] each
+    packed, position = _bucket_order(kc[:, None], k_mask, num_buckets)
+    packed, position = packed[:, 0], position[:, 0]
+    code = packed // length
+    starts = jnp.concatenate([jnp.ones((groups, 1), bool),
+                              code[:, 1:] != code[:, :-1]], axis=1)
+
+    def combine(a, b):
+      (a_sum, _), (b_sum, b_start) = a, b
+      return jnp.where(b_start[..., None], b_sum, a_sum + b_sum), (
+          a[1] | b_start)
+
+    running, _ = jax.lax.associative_scan(
+        combine, (values[rows, position], starts), axis=1)
+    count, first = _causal_reads(packed[:, None], qc[:, None], q_mask)
+    count, first = count[:, 0], first[:, 0]
+    read = running[rows, jnp.maximum(first + count - 1, 0)]
+    return acc + jnp.where(count[..., None] > 0, read, 0.0), None
+
+  init = jnp.zeros((groups, length, values.shape[-1]), values.dtype)
+  out, _ = jax.lax.scan(one_hash, init, (jnp.swapaxes(q_codes, 0, 1),
+                                         jnp.swapaxes(k_codes, 0, 1)))
+  return out * q_mask[..., None] / num_hashes
+
+
 def lsh_weighted_cumulation(q_codes, k_codes, q_mask, k_mask, q_weight,
-                            k_weight, values, num_buckets):
+                            k_weight, values, num_buckets, order=None):
   """Y_i = (1/m) Σ_h Σ_{j: h(q_i)=h(k_j)} μ_i μ_j (q_weight_i·k_weight_j) v_j.
 
   The original's `lsh_weighted_cumulation` (ver1): one weight dimension t
   at a time, tables of k_weight_j[t]·v_j read back and scaled by
-  q_weight_i[t]; i.e. `lsh_cumulation` once per t. O(m·n·e·d) time, one
+  q_weight_i[t]; i.e. `lsh_cumulation` (with its `order`) once per t. O(m·n·e·d) time, one
   [groups, 2^τ, d] table of memory (the e × d outer-product tables all at
   once took 28× the memory and 1.6× the time on CPU).
   """
   def one_weight_dim(acc, weights):
     q_w, k_w = weights
     part = lsh_cumulation(q_codes, k_codes, q_mask, k_mask,
-                          k_w[..., None] * values, num_buckets)
+                          k_w[..., None] * values, num_buckets, order)
     return acc + q_w[..., None] * part, None
 
   init = jnp.zeros(q_weight.shape[:2] + values.shape[-1:], values.dtype)
@@ -286,7 +386,8 @@ def lsh_pair_gradients(q_codes, k_codes, q_mask, k_mask, q, k, v, grad,
   cap: every pair is counted.
   """
   groups, num_hashes, length = q_codes.shape
-  # `counts`: `collision_counts` of these codes, when the caller has them.
+  # `counts`: `collision_counts` of these codes, when the caller has them
+  # (`causal_counts` for causal pairs: a prefix of each bucket's keys).
   counts, key_starts = counts or collision_counts(q_codes, k_codes, q_mask,
                                                   k_mask, num_buckets)
   # Keys sorted by bucket per (group, hash); padded keys sort last (code =
@@ -326,21 +427,25 @@ def lsh_pair_gradients(q_codes, k_codes, q_mask, k_mask, q, k, v, grad,
   return unrows(dq), unrows(dk), unrows(dv)
 
 
-def _expectation_weights(q, k, q_mask, k_mask, hash_bits):
+def _expectation_weights(q, k, q_mask, k_mask, hash_bits, causal=False):
   weights = collision_probability(q, k, hash_bits)
-  return weights * q_mask[..., :, None] * k_mask[..., None, :]
+  weights = weights * q_mask[..., :, None] * k_mask[..., None, :]
+  if causal:
+    weights = jnp.tril(weights)
+  return weights
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def expectation_cumulation(q, k, v, q_mask, k_mask, hash_bits):
-  """YOSO-E: (E ⊙ μμᵀ) V with the original approximate backward."""
-  return _expectation_weights(q, k, q_mask, k_mask, hash_bits) @ v
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def expectation_cumulation(q, k, v, q_mask, k_mask, hash_bits, causal=False):
+  """YOSO-E: (E ⊙ μμᵀ) V with the original approximate backward (E's lower
+  triangle when `causal`)."""
+  return _expectation_weights(q, k, q_mask, k_mask, hash_bits, causal) @ v
 
 
-def _expectation_fwd(q, k, v, q_mask, k_mask, hash_bits):
+def _expectation_fwd(q, k, v, q_mask, k_mask, hash_bits, causal):
   # E is kept for the backward (as the original's ctx does): recomputing
   # it costs n² arccos evaluations, the most expensive part on CPU.
-  weights = _expectation_weights(q, k, q_mask, k_mask, hash_bits)
+  weights = _expectation_weights(q, k, q_mask, k_mask, hash_bits, causal)
   return weights @ v, (q, k, v, weights)
 
 
@@ -350,7 +455,8 @@ def _expectation_backward(q, k, v, weights, hash_bits, grad):
           jnp.swapaxes(weights, -1, -2) @ grad)
 
 
-def _expectation_bwd(hash_bits, residuals, grad):
+def _expectation_bwd(hash_bits, causal, residuals, grad):
+  del causal  # Already in the kept weights.
   dq, dk, dv = _expectation_backward(*residuals, hash_bits, grad)
   return dq, dk, dv, None, None
 
@@ -359,7 +465,7 @@ expectation_cumulation.defvjp(_expectation_fwd, _expectation_bwd)
 
 
 def lsh_backward(q, k, v, grad, q_codes, k_codes, q_mask, k_mask, hash_bits,
-                 method="auto"):
+                 method="auto", causal=False):
   """The original v1 LSH backward of sampled YOSO: (dQ, dK, dV).
 
   dV = Bᵀ dO,  dQ_i = Σ_j B_ij (dO_i·V_j)(τ/2) K_j,
@@ -373,20 +479,28 @@ def lsh_backward(q, k, v, grad, q_codes, k_codes, q_mask, k_mask, hash_bits,
   pair loop is a sequence of small steps (`_PAIR_CHUNK` pairs each), which a
   GPU runs latency-bound — measured on an H200 (docs/kernels.md): 3.9 s
   forward+backward at n = 16384 through pairs, against 63 ms for the Pallas
-  table backward.
+  table backward. `causal`: B restricted to j ≤ i (tables by prefix sums,
+  pairs by their causal counts).
   """
   groups, num_hashes, length = q_codes.shape
   buckets, half_tau = 2**hash_bits, hash_bits / 2
 
+  past, future = ("past", "future") if causal else (None, None)
+
   def by_tables():
-    dv = lsh_cumulation(k_codes, q_codes, k_mask, q_mask, grad, buckets)
+    dv = lsh_cumulation(k_codes, q_codes, k_mask, q_mask, grad, buckets,
+                        future)
     dq = lsh_weighted_cumulation(q_codes, k_codes, q_mask, k_mask, grad, v,
-                                 half_tau * k, buckets)
+                                 half_tau * k, buckets, past)
     dk = lsh_weighted_cumulation(k_codes, q_codes, k_mask, q_mask, v, grad,
-                                 half_tau * q, buckets)
+                                 half_tau * q, buckets, future)
     return dq, dk, dv
 
+  count_fn = causal_counts if causal else collision_counts
+
   def by_pairs(counts=None):
+    if causal and counts is None:
+      counts = count_fn(q_codes, k_codes, q_mask, k_mask, buckets)
     dq, dk, dv = lsh_pair_gradients(q_codes, k_codes, q_mask, k_mask, q, k,
                                     v, grad, buckets, counts)
     return dq * (half_tau / num_hashes), dk * (half_tau / num_hashes), (
@@ -400,7 +514,7 @@ def lsh_backward(q, k, v, grad, q_codes, k_codes, q_mask, k_mask, hash_bits,
     return by_tables()  # (the pair list is indexed by int32)
   if method == "pairs":
     return by_pairs()
-  counts = collision_counts(q_codes, k_codes, q_mask, k_mask, buckets)
+  counts = count_fn(q_codes, k_codes, q_mask, k_mask, buckets)
   return jax.lax.cond(prefers_pairs(counts[0], q.shape[-1]), by_pairs,
                       lambda counts: by_tables(), counts)
 
@@ -415,31 +529,33 @@ def prefers_pairs(counts, head_dim):
   return counts.sum(dtype=jnp.float32) <= _PAIR_LIMIT * head_dim * counts.size
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
 def sampled_cumulation(q, k, v, q_codes, k_codes, q_mask, k_mask, hash_bits,
-                       backward="lsh"):
-  """Sampled YOSO: B V with B the collision matrix of the given codes."""
+                       backward="lsh", causal=False):
+  """Sampled YOSO: B V with B the collision matrix of the given codes
+  (restricted to j ≤ i when `causal`)."""
   del q, k, backward
-  return lsh_cumulation(q_codes, k_codes, q_mask, k_mask, v, 2**hash_bits)
+  return lsh_cumulation(q_codes, k_codes, q_mask, k_mask, v, 2**hash_bits,
+                        "past" if causal else None)
 
 
 def _sampled_fwd(q, k, v, q_codes, k_codes, q_mask, k_mask, hash_bits,
-                 backward):
+                 backward, causal):
   out = sampled_cumulation(q, k, v, q_codes, k_codes, q_mask, k_mask,
-                           hash_bits, backward)
+                           hash_bits, backward, causal)
   return out, (q, k, v, q_codes, k_codes, q_mask, k_mask)
 
 
-def _sampled_bwd(hash_bits, backward, residuals, grad):
+def _sampled_bwd(hash_bits, backward, causal, residuals, grad):
   q, k, v, q_codes, k_codes, q_mask, k_mask = residuals
   if backward == "expectation":  # The original's n2_backward.
-    weights = _expectation_weights(q, k, q_mask, k_mask, hash_bits)
+    weights = _expectation_weights(q, k, q_mask, k_mask, hash_bits, causal)
     dq, dk, dv = _expectation_backward(q, k, v, weights, hash_bits, grad)
   else:
     method = {"lsh": "auto", "lsh_pairs": "pairs",
               "lsh_tables": "tables"}[backward]
     dq, dk, dv = lsh_backward(q, k, v, grad, q_codes, k_codes, q_mask,
-                              k_mask, hash_bits, method)
+                              k_mask, hash_bits, method, causal)
   return dq, dk, dv, None, None, None, None
 
 
@@ -466,7 +582,8 @@ def yoso_attention(q, k, v, *, mask=None, hash_bits=11, num_hashes=32,
       the codes at hand), "lsh_pairs" / "lsh_tables" (force one of the two;
       "lsh_tables" is the original's algorithm and linear in n) or
       "expectation" (the original's O(n²) `n2_backward`); sampled form only.
-    causal: must be False (see the module docstring).
+    causal: restrict every query to keys at or before its position (see the
+      module docstring; impl="xla" only).
     impl: "xla" (the default) or "pallas": the sampled form's hashing and
       bucket cumulation, forward and the LSH backward (always by tables,
       the original's algorithm), through pallas_kernels/yoso_lsh (GPU via
@@ -478,9 +595,6 @@ def yoso_attention(q, k, v, *, mask=None, hash_bits=11, num_hashes=32,
     `[batch, length, heads, head_dim]` in the dtype of `v`: L2-normalised
     rows, zeros at padded positions.
   """
-  if causal:
-    raise ValueError("yoso_attention has no causal form: LSH buckets sum "
-                     "past and future keys alike")
   if q.shape[1] != k.shape[1]:
     raise ValueError("yoso_attention is self-attention: q and k lengths "
                      f"differ ({q.shape[1]} vs {k.shape[1]})")
@@ -488,6 +602,9 @@ def yoso_attention(q, k, v, *, mask=None, hash_bits=11, num_hashes=32,
     raise ValueError(f"backward={backward!r}: one of {BACKWARDS}")
   if impl not in IMPLS:
     raise ValueError(f"impl={impl!r}: one of {IMPLS}")
+  if causal and impl != "xla":
+    raise ValueError(f"causal=True: impl={impl!r} has no causal kernel; use "
+                     "impl='xla'")
   if impl != "xla" and (not sampled or backward not in ("lsh",
                                                        "lsh_tables")):
     raise ValueError(f"impl={impl!r} is the sampled form with the "
@@ -528,8 +645,8 @@ def yoso_attention(q, k, v, *, mask=None, hash_bits=11, num_hashes=32,
         rng, jax.lax.stop_gradient(qn), jax.lax.stop_gradient(kn),
         num_hashes=num_hashes, hash_bits=hash_bits, hashing=hashing)
     out = sampled_cumulation(qn, kn, values, q_codes, k_codes, mu, mu,
-                             hash_bits, backward)
+                             hash_bits, backward, causal)
   else:
-    out = expectation_cumulation(qn, kn, values, mu, mu, hash_bits)
+    out = expectation_cumulation(qn, kn, values, mu, mu, hash_bits, causal)
   out = _normalize(out).reshape(batch, heads, length, -1)
   return jnp.swapaxes(out, 1, 2).astype(v.dtype)

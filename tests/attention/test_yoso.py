@@ -130,7 +130,8 @@ def _assert_lsh_backward(grads, b, q, k, v, grad, tau):
   np.testing.assert_allclose(dk, weighted.transpose(0, 2, 1) @ qn,
                              rtol=1e-4, atol=1e-5)
 
-def test_sampled_cumulation_and_its_backward_equal_the_dense_formulas():
+@pytest.mark.parametrize("causal", [False, True])
+def test_sampled_cumulation_and_its_backward_equal_the_dense_formulas(causal):
   rng = np.random.default_rng(6)
   g, n, d, tau, m = 3, 37, 8, 3, 5
   q, k, v, grad = (jnp.asarray(rng.normal(size=(g, n, d)), jnp.float32)
@@ -143,16 +144,20 @@ def test_sampled_cumulation_and_its_backward_equal_the_dense_formulas():
                                      num_hashes=m, hash_bits=tau)
   b = _dense_collisions(q_codes, k_codes, mu, mu)
   assert 0 < b.mean() < 1  # Some, not all, pairs collide.
+  if causal:  # Keys j ≤ i only.
+    assert np.triu(b, 1).sum() > 0  # Some future pairs to drop.
+    b = np.tril(b)
   out, vjp = jax.vjp(lambda q, k, v: yoso.sampled_cumulation(
-      q, k, v, q_codes, k_codes, mu, mu, tau), q, k, v)
+      q, k, v, q_codes, k_codes, mu, mu, tau, "lsh", causal), q, k, v)
   np.testing.assert_allclose(out, b @ np.asarray(v, np.float64), rtol=1e-5, atol=1e-5)
   _assert_lsh_backward(vjp(grad), b, q, k, v, grad, tau)
 
 
+@pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("codes", ["random", "all_collide", "none_collide"])
 @pytest.mark.parametrize("method", ["pairs", "tables", "auto"])
 def test_lsh_backward_methods_equal_the_dense_formulas(monkeypatch, method,
-                                                       codes):
+                                                       codes, causal):
   monkeypatch.setattr(yoso, "_PAIR_CHUNK", 16)  # Many chunks, ragged last.
   rng = np.random.default_rng(11)
   g, m, n, d, tau = 3, 4, 29, 8, 3
@@ -167,9 +172,11 @@ def test_lsh_backward_methods_equal_the_dense_formulas(monkeypatch, method,
   q_mask = (rng.random((g, n)) > 0.2).astype(np.float32)
   k_mask = (rng.random((g, n)) > 0.3).astype(np.float32)
   b = _dense_collisions(q_codes, k_codes, q_mask, k_mask)
+  b = np.tril(b) if causal else b
   dq, dk, dv = jax.jit(lambda *x: yoso.lsh_backward(
-      *x, tau, method=method))(q, k, v, grad, jnp.asarray(q_codes),
-                               jnp.asarray(k_codes), q_mask, k_mask)
+      *x, tau, method=method, causal=causal))(
+          q, k, v, grad, jnp.asarray(q_codes), jnp.asarray(k_codes), q_mask,
+          k_mask)
   _assert_lsh_backward((dq, dk, dv), b, q, k, v, grad, tau)
 
 
@@ -235,9 +242,11 @@ def test_expectation_backward_is_the_originals_and_near_the_true_gradient():
     assert a @ t / np.linalg.norm(a) / np.linalg.norm(t) > 0.9
 
 
-@pytest.mark.parametrize("hashing", ["gaussian", "hadamard"])
+@pytest.mark.parametrize("hashing,causal", [("gaussian", False),
+                                            ("hadamard", False),
+                                            ("gaussian", True)])
 def test_sampled_average_converges_to_expectation_like_one_over_sqrt_draws(
-    hashing):
+    hashing, causal):
   rng = np.random.default_rng(9)
   g, n, d, tau, m = 2, 32, 16, 4, 2
   q, k, v, grad = (jnp.asarray(rng.normal(size=(g, n, d)), jnp.float32)
@@ -249,12 +258,11 @@ def test_sampled_average_converges_to_expectation_like_one_over_sqrt_draws(
     q_codes, k_codes = yoso.hash_codes(key, q, k, num_hashes=m,
                                        hash_bits=tau, hashing=hashing)
     out, vjp = jax.vjp(lambda q, k, v: yoso.sampled_cumulation(
-        q, k, v, q_codes, k_codes, mu, mu, tau), q, k, v)
+        q, k, v, q_codes, k_codes, mu, mu, tau, "lsh", causal), q, k, v)
     return (out,) + vjp(grad)
 
-  want_out, vjp = jax.vjp(
-      lambda q, k, v: yoso.expectation_cumulation(q, k, v, mu, mu, tau),
-      q, k, v)
+  want_out, vjp = jax.vjp(lambda q, k, v: yoso.expectation_cumulation(
+      q, k, v, mu, mu, tau, causal), q, k, v)
   want = (want_out,) + vjp(grad)
   draws = jax.jit(jax.vmap(sampled))(jax.random.split(
       jax.random.PRNGKey(10), 1024))
@@ -290,10 +298,37 @@ def test_padding_never_changes_real_outputs():
                                atol=1e-6)
 
 
+def test_causal_outputs_and_gradients_never_see_the_future():
+  q, k, v = _inputs(16, length=23)
+  mask = jnp.asarray(_mask(2, 23, 4))
+  t = 11  # Positions > t change; outputs at ≤ t must not.
+  noise = _inputs(17, length=23)
+  later = (np.arange(23) > t)[None, :, None, None]
+  q2, k2, v2 = (jnp.where(later, y, x) for x, y in zip((q, k, v), noise))
+  for kwargs in (dict(sampled=False), dict(rng=jax.random.PRNGKey(4)),
+                 dict(rng=jax.random.PRNGKey(4), backward="lsh_tables")):
+    attend = lambda q, k, v: yoso.yoso_attention(
+        q, k, v, mask=mask, hash_bits=3, num_hashes=8, causal=True, **kwargs)
+    a, b = attend(q, k, v), attend(q2, k2, v2)
+    np.testing.assert_allclose(a[:, :t + 1], b[:, :t + 1], rtol=1e-6,
+                               atol=1e-6)
+    full = yoso.yoso_attention(q, k, v, mask=mask, hash_bits=3,
+                               num_hashes=8, **kwargs)
+    assert not np.allclose(a[:, :t + 1], full[:, :t + 1], atol=1e-3)
+    # A loss on the past has no gradient into the future, and some into
+    # the past (the approximate backward keeps B's causal pattern).
+    grads = jax.grad(lambda q, k, v: jnp.sum(jnp.sin(attend(q, k, v)[
+        :, :t + 1])), argnums=(0, 1, 2))(q, k, v)
+    for grad in grads:
+      assert np.abs(np.asarray(grad)[:, t + 1:]).max() == 0.0
+      assert np.abs(np.asarray(grad)[:, :t + 1]).max() > 1e-4
+
+
 def test_refusals():
   q, k, v = _inputs(13)
   with pytest.raises(ValueError, match="causal"):
-    yoso.yoso_attention(q, k, v, causal=True, sampled=False)
+    yoso.yoso_attention(q, k, v, causal=True, rng=jax.random.PRNGKey(0),
+                        impl="pallas")
   with pytest.raises(ValueError, match="rng"):
     yoso.yoso_attention(q, k, v)
   with pytest.raises(ValueError, match="backward"):
