@@ -252,6 +252,18 @@ def lsh_cumulation(q_codes, k_codes, q_mask, k_mask, values, num_buckets,
   return out * q_mask[..., None] / num_hashes
 
 
+def check_packable(num_buckets, length):
+  """Sorting by bucket packs (code, position) into one int32, code·n + i
+  with codes up to 2^τ (the masked keys' sentinel): raises where it would
+  overflow (2^τ·n ≥ 2^31, e.g. τ = 16 at n = 32768)."""
+  if (num_buckets + 1) * length >= 2**31:
+    raise ValueError(
+        f"2^hash_bits = {num_buckets} buckets × length {length} overflows "
+        "the int32 (code, position) sort key of the pair backward and the "
+        "causal form; use fewer hash bits or backward='lsh_tables' "
+        "(non-causal)")
+
+
 def _bucket_order(codes, mask, num_buckets):
   """Per (group, hash): keys sorted by (code, position), masked keys last.
 
@@ -259,6 +271,7 @@ def _bucket_order(codes, mask, num_buckets):
   carry code `num_buckets`) and the positions in that order.
   """
   length = codes.shape[-1]
+  check_packable(num_buckets, length)
   packed = jnp.where(mask[:, None] > 0, codes, num_buckets) * length
   packed = jnp.sort(packed + jnp.arange(length), axis=-1)
   return packed, packed % length
@@ -386,6 +399,7 @@ def lsh_pair_gradients(q_codes, k_codes, q_mask, k_mask, q, k, v, grad,
   cap: every pair is counted.
   """
   groups, num_hashes, length = q_codes.shape
+  check_packable(num_buckets, length)
   # `counts`: `collision_counts` of these codes, when the caller has them
   # (`causal_counts` for causal pairs: a prefix of each bucket's keys).
   counts, key_starts = counts or collision_counts(q_codes, k_codes, q_mask,
@@ -510,8 +524,9 @@ def lsh_backward(q, k, v, grad, q_codes, k_codes, q_mask, k_mask, hash_bits,
     raise ValueError(f"method={method!r}: 'auto', 'pairs' or 'tables'")
   if method == "tables" or (method == "auto" and (
       jax.default_backend() != "cpu" or
-      _PAIR_LIMIT * q.shape[-1] * groups * num_hashes * length >= 2**31)):
-    return by_tables()  # (the pair list is indexed by int32)
+      _PAIR_LIMIT * q.shape[-1] * groups * num_hashes * length >= 2**31 or
+      (buckets + 1) * length >= 2**31)):
+    return by_tables()  # (the pair list and its sort keys are int32)
   if method == "pairs":
     return by_pairs()
   counts = count_fn(q_codes, k_codes, q_mask, k_mask, buckets)

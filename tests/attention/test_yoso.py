@@ -421,3 +421,14 @@ def test_fast_arccos_matches_numpy():
   got = np.asarray(yoso.fast_arccos(jnp.asarray(x, jnp.float32)), np.float64)
   np.testing.assert_allclose(got, np.arccos(x.astype(np.float32)), rtol=0,
                              atol=1e-6)
+
+
+def test_sort_keys_that_would_overflow_int32_are_refused_or_avoided():
+  # 2^16 buckets × 2^15 positions: code·n + i no longer fits an int32.
+  with pytest.raises(ValueError, match="overflows"):
+    yoso.check_packable(2**16, 2**15)
+  yoso.check_packable(2**11, 2**16)  # LRA-sized: fine.
+  codes = jnp.zeros((1, 1, 2**15), jnp.int32)
+  mask = jnp.ones((1, 2**15))
+  with pytest.raises(ValueError, match="overflows"):
+    yoso.causal_counts(codes, codes, mask, mask, 2**16)
