@@ -72,7 +72,8 @@ def get_config(arg=None):
       max_length=784, width=64, depth=2, num_heads=2, head_dim=32, mlp_dim=128,
       head_hidden_dim=128, dropout=0.1, attention_dropout=attention_dropout,
       attention=arg.attention, attention_kwargs=attention_kwargs,
-      value_conv_size=value_conv_size, pooling="mean")
+      value_conv_size=value_conv_size, pooling="mean",
+      dropout_generator="threefry")  # "hash": cheaper masks on a CPU.
   c.optimizer = dict(
       name="adamw", lr=1e-4, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.0,
       schedule="onecycle", warmup_steps=warmup, end_lr_factor=0.0, grad_clip=0.0,

@@ -29,6 +29,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from efficient.attention import dropout as dropout_lib
+
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "pallas_tpu")
 
 
@@ -63,7 +65,7 @@ def _pallas_tpu(q, k, v, mask, causal):
 
 def softmax_attention(q, k, v, *, mask=None, causal=False,
                       implementation="auto", dropout_rate=0.0,
-                      dropout_rng=None):
+                      dropout_rng=None, dropout_generator="threefry"):
   """Softmax attention over `[batch, length, heads, head_dim]` inputs.
 
   Args:
@@ -77,6 +79,8 @@ def softmax_attention(q, k, v, *, mask=None, causal=False,
     dropout_rate: probability of zeroing an attention weight (training only);
       needs `dropout_rng`.
     dropout_rng: PRNG key for the dropout mask.
+    dropout_generator: "threefry" (jax.random) or "hash" (fast on CPU;
+      efficient/attention/dropout.py).
 
   Returns:
     `[batch, q_length, heads, head_dim]`, in the dtype of `q`.
@@ -107,6 +111,6 @@ def softmax_attention(q, k, v, *, mask=None, causal=False,
   if mask is not None:
     scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
   weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
-  keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
-  weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+  weights = dropout_lib.dropout(weights, dropout_rate, dropout_rng,
+                                dropout_generator)
   return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
