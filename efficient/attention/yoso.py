@@ -76,8 +76,8 @@ j ≤ i in both forms. YOSO-E masks E to its lower triangle; the sampled form
 sums, per hash, only the keys of a query's bucket at or before its position.
 Each pair keeps its collision indicator, so the sampled causal form is still
 an unbiased estimate of causal YOSO-E, and the approximate backward above
-holds with B restricted the same way: dQ and dV-style sums over "past" keys,
-dK and dV over "future" queries. The bucket sums become prefix sums: per
+holds with B restricted the same way: dQ_i sums over keys j ≤ i, dK_j and
+dV_j over queries i ≥ j. The bucket sums become prefix sums: per
 hash, keys are sorted by (code, position), V is summed along that order
 with a reset at each bucket (a segmented scan), and query i reads its
 bucket's sum up to position i (a binary search): O(n log n) per hash
