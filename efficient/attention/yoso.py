@@ -345,9 +345,11 @@ def lsh_weighted_cumulation(q_codes, k_codes, q_mask, k_mask, q_weight,
 
   The original's `lsh_weighted_cumulation` (ver1): one weight dimension t
   at a time, tables of k_weight_j[t]·v_j read back and scaled by
-  q_weight_i[t]; i.e. `lsh_cumulation` (with its `order`) once per t. O(m·n·e·d) time, one
-  [groups, 2^τ, d] table of memory (the e × d outer-product tables all at
-  once took 28× the memory and 1.6× the time on CPU).
+  q_weight_i[t]; i.e. `lsh_cumulation` (with its `order`) once per t.
+  O(m·n·e·d) time, one [groups, 2^τ, d] table of memory (the e × d
+  outer-product tables all at once took 28× the memory and 1.6× the time on
+  CPU). With an `order`, each t sorts the codes again (e·m sorts; the sort
+  does not depend on t, so it could be hoisted out of the loop).
   """
   def one_weight_dim(acc, weights):
     q_w, k_w = weights
