@@ -225,16 +225,9 @@ def lsh_cumulation(q_codes, k_codes, q_mask, k_mask, values, num_buckets,
   `order="past"` keeps only keys j ≤ i, "future" only j ≥ i (causal YOSO
   and its backward; queries and keys share positions): `prefix_cumulation`.
   """
-  if order == "past":
-    return prefix_cumulation(q_codes, k_codes, q_mask, k_mask, values,
-                             num_buckets)
-  if order == "future":  # j ≥ i is j' ≤ i' on reversed positions.
-    out = prefix_cumulation(jnp.flip(q_codes, -1), jnp.flip(k_codes, -1),
-                            jnp.flip(q_mask, -1), jnp.flip(k_mask, -1),
-                            jnp.flip(values, 1), num_buckets)
-    return jnp.flip(out, 1)
   if order is not None:
-    raise ValueError(f"order={order!r}: None, 'past' or 'future'")
+    return _ordered_cumulator(q_codes, k_codes, q_mask, k_mask, num_buckets,
+                              order)(values)
   groups, num_hashes = q_codes.shape[:2]
   rows = jnp.arange(groups)[:, None]
   values = values * k_mask[..., None]
@@ -300,43 +293,64 @@ def causal_counts(q_codes, k_codes, q_mask, k_mask, num_buckets):
   return _causal_reads(packed, q_codes, q_mask)
 
 
-def prefix_cumulation(q_codes, k_codes, q_mask, k_mask, values, num_buckets):
+def prefix_plan(q_codes, k_codes, q_mask, k_mask, num_buckets):
+  """What causal cumulation needs of the codes, [m, g, n] per hash: the keys'
+  positions in (code, position) order, where each bucket starts in that
+  order, and the index each query reads (its bucket's last key at or before
+  it; −1: none). Independent of the values, so computed once per codes."""
+  length = q_codes.shape[-1]
+  packed, position = _bucket_order(k_codes, k_mask, num_buckets)
+  code = packed // length
+  starts = jnp.concatenate([jnp.ones(code.shape[:-1] + (1,), bool),
+                            code[..., 1:] != code[..., :-1]], axis=-1)
+  count, first = _causal_reads(packed, q_codes, q_mask)
+  read = jnp.where(count > 0, first + count - 1, -1)
+  return tuple(jnp.swapaxes(x, 0, 1) for x in (position, starts, read))
+
+
+def prefix_cumulation(plan, q_mask, k_mask, values):
   """Causal bucket cumulation: Y_i = (1/m) Σ_h Σ_{j ≤ i: h(q_i)=h(k_j)}
-  μ_i μ_j values_j, with queries and keys at the same positions.
+  μ_i μ_j values_j, with queries and keys at the same positions (`plan`:
+  `prefix_plan` of the codes).
 
   Per hash, values are summed along the keys' (code, position) order with a
   reset at each bucket's first key (a segmented scan: no cancellation
   between buckets), and query i reads the running sum at its bucket's last
   key at or before position i. O(n log n) per hash.
   """
-  groups, num_hashes, length = q_codes.shape
+  num_hashes, groups = plan[0].shape[:2]
   values = values * k_mask[..., None]
   rows = jnp.arange(groups)[:, None]
 
-  def one_hash(acc, codes):
-    qc, kc = codes  # [g, n] each
-    packed, position = _bucket_order(kc[:, None], k_mask, num_buckets)
-    packed, position = packed[:, 0], position[:, 0]
-    code = packed // length
-    starts = jnp.concatenate([jnp.ones((groups, 1), bool),
-                              code[:, 1:] != code[:, :-1]], axis=1)
+  def combine(a, b):
+    (a_sum, a_start), (b_sum, b_start) = a, b
+    return (jnp.where(b_start[..., None], b_sum, a_sum + b_sum),
+            a_start | b_start)
 
-    def combine(a, b):
-      (a_sum, _), (b_sum, b_start) = a, b
-      return jnp.where(b_start[..., None], b_sum, a_sum + b_sum), (
-          a[1] | b_start)
-
+  def one_hash(acc, hash_plan):
+    position, starts, read = hash_plan  # [g, n] each
     running, _ = jax.lax.associative_scan(
         combine, (values[rows, position], starts), axis=1)
-    count, first = _causal_reads(packed[:, None], qc[:, None], q_mask)
-    count, first = count[:, 0], first[:, 0]
-    read = running[rows, jnp.maximum(first + count - 1, 0)]
-    return acc + jnp.where(count[..., None] > 0, read, 0.0), None
+    got = running[rows, jnp.maximum(read, 0)]
+    return acc + jnp.where(read[..., None] >= 0, got, 0.0), None
 
-  init = jnp.zeros((groups, length, values.shape[-1]), values.dtype)
-  out, _ = jax.lax.scan(one_hash, init, (jnp.swapaxes(q_codes, 0, 1),
-                                         jnp.swapaxes(k_codes, 0, 1)))
+  init = jnp.zeros(values.shape, values.dtype)
+  out, _ = jax.lax.scan(one_hash, init, plan)
   return out * q_mask[..., None] / num_hashes
+
+
+def _ordered_cumulator(q_codes, k_codes, q_mask, k_mask, num_buckets, order):
+  """values -> `lsh_cumulation(..., order)`, the codes' plan made once."""
+  if order not in ("past", "future"):
+    raise ValueError(f"order={order!r}: None, 'past' or 'future'")
+  # j ≥ i ("future") is j' ≤ i' on reversed positions.
+  flip = ((lambda x, axis: jnp.flip(x, axis)) if order == "future" else
+          (lambda x, axis: x))
+  q_mask, k_mask = flip(q_mask, -1), flip(k_mask, -1)
+  plan = prefix_plan(flip(q_codes, -1), flip(k_codes, -1), q_mask, k_mask,
+                     num_buckets)
+  return lambda values: flip(
+      prefix_cumulation(plan, q_mask, k_mask, flip(values, 1)), 1)
 
 
 def lsh_weighted_cumulation(q_codes, k_codes, q_mask, k_mask, q_weight,
@@ -348,14 +362,18 @@ def lsh_weighted_cumulation(q_codes, k_codes, q_mask, k_mask, q_weight,
   q_weight_i[t]; i.e. `lsh_cumulation` (with its `order`) once per t.
   O(m·n·e·d) time, one [groups, 2^τ, d] table of memory (the e × d
   outer-product tables all at once took 28× the memory and 1.6× the time on
-  CPU). With an `order`, each t sorts the codes again (e·m sorts; the sort
-  does not depend on t, so it could be hoisted out of the loop).
+  CPU). With an `order`, the codes are sorted once for all t.
   """
+  if order is None:
+    cumulate = functools.partial(lsh_cumulation, q_codes, k_codes, q_mask,
+                                 k_mask, num_buckets=num_buckets)
+  else:  # The codes' sort is made once, not once per t.
+    cumulate = _ordered_cumulator(q_codes, k_codes, q_mask, k_mask,
+                                  num_buckets, order)
+
   def one_weight_dim(acc, weights):
     q_w, k_w = weights
-    part = lsh_cumulation(q_codes, k_codes, q_mask, k_mask,
-                          k_w[..., None] * values, num_buckets, order)
-    return acc + q_w[..., None] * part, None
+    return acc + q_w[..., None] * cumulate(k_w[..., None] * values), None
 
   init = jnp.zeros(q_weight.shape[:2] + values.shape[-1:], values.dtype)
   out, _ = jax.lax.scan(one_weight_dim, init,
