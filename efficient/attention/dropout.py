@@ -44,11 +44,12 @@ def keep_mask(rng, keep_prob, shape, generator="threefry"):
     return jax.random.bernoulli(rng, keep_prob, shape)
   if generator != "hash":
     raise ValueError(f"dropout generator={generator!r}: one of {GENERATORS}")
+  if keep_prob >= 1:
+    return jnp.ones(shape, bool)
   seed = jax.random.bits(rng, (2,), jnp.uint32)
   index = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
   bits = _fmix32(_fmix32(index ^ seed[0]) ^ seed[1])
-  threshold = min(round(keep_prob * 2**32), 2**32 - 1)
-  return bits < jnp.uint32(threshold) if keep_prob < 1 else bits >= 0
+  return bits < jnp.uint32(min(round(keep_prob * 2**32), 2**32 - 1))
 
 
 def dropout(x, rate, rng, generator="threefry"):

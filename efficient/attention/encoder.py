@@ -163,9 +163,8 @@ class SelfAttention(nn.Module):
     kwargs = dict(self.attention_kwargs)
     if train and self.attention_dropout > 0:
       kwargs.update(dropout_rate=self.attention_dropout,
-                    dropout_rng=self.make_rng("dropout"))
-      if self.dropout_generator != "threefry":
-        kwargs.update(dropout_generator=self.dropout_generator)
+                    dropout_rng=self.make_rng("dropout"),
+                    dropout_generator=self.dropout_generator)
     if self.attention == "yoso" and kwargs.get("sampled", True):
       # Fresh hash functions per call, from the "hash" rng stream (the
       # trainer supplies it in training and a fixed one in evaluation).

@@ -419,16 +419,14 @@ def lsh_pair_gradients(q_codes, k_codes, q_mask, k_mask, q, k, v, grad,
   cap: every pair is counted.
   """
   groups, num_hashes, length = q_codes.shape
-  check_packable(num_buckets, length)
   # `counts`: `collision_counts` of these codes, when the caller has them
   # (`causal_counts` for causal pairs: a prefix of each bucket's keys).
   counts, key_starts = counts or collision_counts(q_codes, k_codes, q_mask,
                                                   k_mask, num_buckets)
   # Keys sorted by bucket per (group, hash); padded keys sort last (code =
   # num_buckets) and no query reads them. One int32 sort of code·n + index.
-  sort_codes = jnp.where(k_mask[:, None] > 0, k_codes, num_buckets)
-  packed = jnp.sort(sort_codes * length + jnp.arange(length), axis=-1)
-  key_order = (packed % length).reshape(-1)  # [g·m·n]
+  _, key_order = _bucket_order(k_codes, k_mask, num_buckets)
+  key_order = key_order.reshape(-1)  # [g·m·n]
   counts, key_starts = counts.reshape(-1), key_starts.reshape(-1)
   ends = jnp.cumsum(counts)
   total = ends[-1]

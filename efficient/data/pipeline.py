@@ -162,6 +162,13 @@ def train_iterator(source, *, global_batch_size, transform, seed):
   return iter(loader)
 
 
+def num_eval_batches(source, global_batch_size):
+  """How many batches `eval_batches` yields (the same on every process)."""
+  count = jax.process_count()
+  return math.ceil(math.ceil(len(source) / count) /
+                   _local_batch_size(global_batch_size))
+
+
 def eval_batches(source, *, global_batch_size, transform):
   """One pass over `source`, this process's share, in whole padded batches.
 
@@ -172,7 +179,7 @@ def eval_batches(source, *, global_batch_size, transform):
   local = _local_batch_size(global_batch_size)
   index, count = jax.process_index(), jax.process_count()
   mine = list(range(index, len(source), count))
-  num_batches = math.ceil(math.ceil(len(source) / count) / local)
+  num_batches = num_eval_batches(source, global_batch_size)
   filler = {k: np.zeros_like(v) for k, v in transform.map(source[0]).items()}
   for b in range(num_batches):
     chunk = mine[b * local:(b + 1) * local]

@@ -7,8 +7,6 @@ arguments, never the config: the split's data source, the task's example
 each metric is averaged over every real example exactly once, on any number
 of devices and processes.
 """
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +32,8 @@ class Evaluator:
         self.source, global_batch_size=self.batch_size,
         transform=self.transform)
     for batch in tqdm.tqdm(batches, desc=f"evaluate {self.name}", unit="batch",
-                           total=math.ceil(len(self.source) / self.batch_size),
+                           total=pipeline.num_eval_batches(
+                               self.source, self.batch_size),
                            leave=False, mininterval=2.0,
                            disable=not self.progress):
       sums = self._sums(params, sharding.shard_batch(batch, self.mesh))
