@@ -55,7 +55,15 @@ class ClassificationTask:
             "count": weight.sum()}
 
   def final_results(self, params, *, builder, splits, **unused):
-    """The majority-class baseline of each split (the train split's mode)."""
+    """Constant-prediction baselines of each split.
+
+    `<split>/majority_baseline`: accuracy of always predicting the train
+    split's most common class (what a model that learnt only the label prior
+    scores). `<split>/largest_class`: the share of the split's own most
+    common class, the best any constant prediction can score on it; the two
+    differ where the train split is tiny (ListOps' `lra_heldout`, whose train
+    split has 32 examples) or its label prior differs from the split's.
+    """
     del params, unused
     train_counts = pipeline.label_counts(builder.as_data_source(split="train"),
                                          self.num_classes, limit=20_000)
@@ -66,4 +74,5 @@ class ClassificationTask:
                                      self.num_classes)
       out[f"{split}/majority_baseline"] = float(counts[majority] /
                                                 counts.sum())
+      out[f"{split}/largest_class"] = float(counts.max() / counts.sum())
     return out

@@ -80,6 +80,12 @@ def test_cli_writes_contract_files_and_resumes(base_run, listops_data_dir,
   results = json.loads((base_run / "results.json").read_text())
   assert {"test/accuracy", "test/majority_baseline", "train/steps_per_sec",
           "compile_time_sec"} <= set(results)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  test_labels = [int(x["label"]) for x in tfds.data_source(
+      "listops/smoke", split="test", data_dir=listops_data_dir)]
+  shares = np.bincount(test_labels) / len(test_labels)
+  assert results["test/largest_class"] == pytest.approx(shares.max())
+  assert np.isclose(shares, results["test/majority_baseline"]).any()
   events = list((base_run / "tensorboard").glob("events.out.tfevents.*"))
   assert events and events[0].stat().st_size > 100
   # Running the same command again resumes (and the finished run re-evaluates).
