@@ -13,6 +13,8 @@ after a warm-up) and XLA's compiled peak temporaries of
                and the table backward as Triton kernels on GPU)
   yoso_pallas_sorted  the same sums by sorted tiles (matmuls, no
                atomics; pallas_kernels/yoso_lsh/sorted_tiles.py)
+  yoso_pallas_sorted_atomic  the sorted tiles with the sum over hashes by
+               float32 atomic adds (no per-hash [32, n, 64] outputs)
   mra_blocks_xla, mra_blocks_pallas
                the selected-block part alone (no low-resolution part, no
                top-k): a fixed selection of --block_per_row blocks per row
@@ -49,7 +51,8 @@ from efficient.attention import yoso
 from pallas_kernels import mra_attention as mra_kernels
 
 METHODS = ("softmax", "mra_xla", "mra_pallas", "yoso_xla", "yoso_pallas",
-           "yoso_pallas_sorted", "mra_blocks_xla", "mra_blocks_pallas")
+           "yoso_pallas_sorted", "yoso_pallas_sorted_atomic", "mra_blocks_xla",
+           "mra_blocks_pallas")
 
 
 def _median_ms(fn, args, repeats):

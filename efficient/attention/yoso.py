@@ -98,7 +98,7 @@ from pallas_kernels import yoso_lsh
 # "lsh": the original's LSH backward, pairs or tables picked at run time;
 # "lsh_pairs" / "lsh_tables" force one algorithm (same sums; `lsh_backward`).
 BACKWARDS = ("lsh", "lsh_pairs", "lsh_tables", "expectation")
-IMPLS = ("xla", "pallas", "pallas_sorted")
+IMPLS = ("xla", "pallas", "pallas_sorted", "pallas_sorted_atomic")
 
 
 def _normalize(x, eps=1e-12):
@@ -622,7 +622,11 @@ def yoso_attention(q, k, v, *, mask=None, hash_bits=11, num_hashes=32,
       the original's algorithm), through pallas_kernels/yoso_lsh (GPU via
       Triton; interpreted on CPU); "pallas_sorted": the same sums by
       sorted tiles (pallas_kernels/yoso_lsh/sorted_tiles.py: matmuls, no
-      atomics; GPU via Triton, TPU via Mosaic with XLA hashing there).
+      atomics; GPU via Triton, TPU via Mosaic with XLA hashing there);
+      "pallas_sorted_atomic": the sorted tiles with the sum over hashes
+      done by float32 atomic adds into one output instead of per-hash
+      outputs un-sorted by XLA (GPU only; no [hashes, n, e] temporaries,
+      run-to-run summation order).
 
   Returns:
     `[batch, length, heads, head_dim]` in the dtype of `v`: L2-normalised
@@ -669,8 +673,12 @@ def yoso_attention(q, k, v, *, mask=None, hash_bits=11, num_hashes=32,
     q_codes, k_codes = (hash_fn(jax.lax.stop_gradient(x),
                                 hash_bits=hash_bits, num_hashes=num_hashes)
                         for x in (qn, kn))
-    cumulation = (yoso_lsh.yoso_lsh_cumulation if impl == "pallas" else
-                  yoso_lsh.sorted_lsh_cumulation)
+    if impl == "pallas":
+      cumulation = yoso_lsh.yoso_lsh_cumulation
+    else:
+      cumulation = functools.partial(
+          yoso_lsh.sorted_lsh_cumulation,
+          hash_sum="atomic" if impl == "pallas_sorted_atomic" else "unsort")
     out = cumulation(qn, kn, values, q_codes, k_codes, mu, mu,
                      hash_bits=hash_bits, interpret=interpret)
   elif sampled:

@@ -39,14 +39,24 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pl_triton
 
 import pallas_kernels
 from pallas_kernels.yoso_lsh import tpu
 
 
 def _kernel(tiles_ref, rows_ref, row_codes_ref, cols_ref, col_codes_ref,
-            *refs, tile, weighted):
-  """One (group, hash, row tile): Σ over its column range, sorted order."""
+            *refs, tile, weighted, atomic=None):
+  """One (group, hash, row tile): Σ over its column range, sorted order.
+
+  `atomic` (None, "vector" or "rows"): instead of writing the tile's rows
+  to its own (hash, sorted position) block, add them into the [n, e]
+  output at the rows' token positions (the sum over hashes, un-sorted):
+  "vector" is one Triton atomic add with an index array, "rows" one `pl.ds`
+  atomic per row (the interpreter has no array-indexed atomics).
+  """
+  if atomic:
+    refs = refs[:-2] + refs[-1:]  # Drop the aliased input (zeros).
   if weighted:
     row_weight_ref, col_weight_ref, values_ref, out_ref = refs
     row_weight = row_weight_ref[rows_ref[...], :]
@@ -68,8 +78,25 @@ def _kernel(tiles_ref, rows_ref, row_codes_ref, cols_ref, col_codes_ref,
     return acc + jnp.dot(weights.astype(values.dtype), values,
                          preferred_element_type=jnp.float32)
 
-  out_ref[...] = jax.lax.fori_loop(0, count, body,
-                                   jnp.zeros(out_ref.shape, jnp.float32))
+  acc = jax.lax.fori_loop(0, count, body, jnp.zeros((tile, out_ref.shape[-1]),
+                                                   jnp.float32))
+  if not atomic:
+    out_ref[...] = acc
+    return
+  # Rows past n (the sort's padding, order 0) add zeros to token 0.
+  position = pl.program_id(2) * tile + jnp.arange(tile)
+  acc = jnp.where((position < out_ref.shape[0])[:, None], acc, 0.0)
+  rows = rows_ref[...]
+  if atomic == "vector":
+    pl_triton.atomic_add(out_ref, (rows, slice(None)), acc)
+    return
+
+  def add_row(r, carry):
+    pl_triton.atomic_add(out_ref, (pl.ds(rows_ref[r], 1), slice(None)),
+                         jax.lax.dynamic_slice_in_dim(acc, r, 1))
+    return carry
+
+  jax.lax.fori_loop(0, tile, add_row, 0)
 
 
 def sort_codes(codes, tile):
@@ -97,7 +124,8 @@ def column_ranges(row_sorted, col_sorted, n, tile):
 
 
 def sorted_cumulation(rows, cols, values, *, row_weight=None, col_weight=None,
-                      tile=64, hash_bits=None, interpret=False, platform=None):
+                      tile=64, hash_bits=None, hash_sum="unsort",
+                      interpret=False, platform=None):
   """Σ_h Y_h[i] = Σ_h Σ_{j: c_h(col j) = c_h(row i)} w_ij values_j, [g, n, e]
   float32, with w_ij = 1 or row_weight_i · col_weight_j.
 
@@ -107,8 +135,20 @@ def sorted_cumulation(rows, cols, values, *, row_weight=None, col_weight=None,
   over hashes are divided by m here and no row mask is applied. On TPU
   (`platform="tpu"`) this is tpu.py's Mosaic form (`hash_bits` sizes its
   table fallback).
+
+  hash_sum: how the per-hash results become one: "unsort" (each hash
+  writes its own [n', e] block in sorted order; XLA un-sorts them and sums
+  over hashes: [g, m, n', e] float32 of temporaries) or "atomic" (each
+  tile adds its rows into one [g, n, e] output at their token positions
+  with float32 atomics: no per-hash temporaries, a summation order that
+  varies from run to run; GPU form only).
   """
+  if hash_sum not in ("unsort", "atomic"):
+    raise ValueError(f"hash_sum={hash_sum!r}: 'unsort' or 'atomic'")
   if pallas_kernels.resolve_platform(platform) == "tpu":
+    if hash_sum != "unsort":
+      raise ValueError("hash_sum='atomic' needs atomics, which Mosaic (TPU) "
+                       "does not have; use 'unsort'")
     return tpu.sorted_cumulation(rows, cols, values, row_weight=row_weight,
                                  col_weight=col_weight, hash_bits=hash_bits,
                                  tile=tile, interpret=interpret)
@@ -130,6 +170,16 @@ def sorted_cumulation(rows, cols, values, *, row_weight=None, col_weight=None,
   operands += extra
   in_specs += [whole(x) for x in extra]
   params = None if interpret else pallas_kernels.triton_params(platform)
+  if hash_sum == "atomic":
+    zeros = jnp.zeros((g, n, e), jnp.float32)
+    group_block = pl.BlockSpec((None, n, e), lambda a, h, i: (a, 0, 0))
+    return pl.pallas_call(
+        functools.partial(_kernel, tile=tile, weighted=weighted,
+                          atomic="rows" if interpret else "vector"),
+        grid=(g, m, tiles), in_specs=in_specs + [group_block],
+        out_specs=group_block, out_shape=zeros,
+        input_output_aliases={len(operands): 0},
+        interpret=interpret, compiler_params=params)(*operands, zeros)
   out = pl.pallas_call(
       functools.partial(_kernel, tile=tile, weighted=weighted),
       grid=(g, m, tiles), in_specs=in_specs,
@@ -150,13 +200,14 @@ def pow2(x, minimum=16):
   return max(minimum, 1 << (int(x) - 1).bit_length())
 
 
-def _plan(q_codes, k_codes, tile):
-  """Sort orders, sorted codes and column ranges for both directions."""
+def _plan(q_codes, k_codes, tile, unsort=True):
+  """Sort orders, sorted codes and column ranges for both directions (and
+  the inverse orders that un-sort the per-hash outputs, if `unsort`)."""
   n = q_codes.shape[-1]
   q_order, q_sorted = sort_codes(q_codes, tile)
   k_order, k_sorted = sort_codes(k_codes, tile)
   inverse = lambda order: jnp.argsort(order[..., :n], axis=-1).astype(
-      jnp.int32)  # Once per direction, shared by its two passes.
+      jnp.int32) if unsort else None  # Per direction, for its two passes.
   q_rows = (q_order, q_sorted, column_ranges(q_sorted, k_sorted, n, tile),
             inverse(q_order))
   k_rows = (k_order, k_sorted, column_ranges(k_sorted, q_sorted, n, tile),
@@ -179,27 +230,27 @@ def _cumulate(rows, cols, values, row_mask, col_mask, num_hashes, *,
   return out[..., :e] * row_mask[..., None] / num_hashes
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10, 11))
 def _sorted_lsh_cumulation(q, k, v, q_codes, k_codes, q_mask, k_mask,
-                           hash_bits, tile, interpret, platform):
+                           hash_bits, tile, hash_sum, interpret, platform):
   return _fwd(q, k, v, q_codes, k_codes, q_mask, k_mask, hash_bits, tile,
-              interpret, platform)[0]
+              hash_sum, interpret, platform)[0]
 
 
 def _fwd(q, k, v, q_codes, k_codes, q_mask, k_mask, hash_bits, tile,
-         interpret, platform):
-  plan = _plan(q_codes, k_codes, tile)
+         hash_sum, interpret, platform):
+  plan = _plan(q_codes, k_codes, tile, unsort=hash_sum == "unsort")
   out = _cumulate(plan[0], plan[1], v.astype(jnp.float32), q_mask, k_mask,
                   q_codes.shape[1], tile=tile, hash_bits=hash_bits,
-                  interpret=interpret, platform=platform)
+                  hash_sum=hash_sum, interpret=interpret, platform=platform)
   return out, (q, k, v, q_mask, k_mask, plan, q_codes.shape[1])
 
 
-def _bwd(hash_bits, tile, interpret, platform, residuals, grad):
+def _bwd(hash_bits, tile, hash_sum, interpret, platform, residuals, grad):
   q, k, v, q_mask, k_mask, plan, num_hashes = residuals
   q_rows, k_cols, k_rows, q_cols = plan
-  kwargs = dict(tile=tile, hash_bits=hash_bits, interpret=interpret,
-                platform=platform)
+  kwargs = dict(tile=tile, hash_bits=hash_bits, hash_sum=hash_sum,
+                interpret=interpret, platform=platform)
   f32 = lambda x: x.astype(jnp.float32)
   grad, half_tau = f32(grad), hash_bits / 2
   dv = _cumulate(k_rows, q_cols, grad, k_mask, q_mask, num_hashes, **kwargs)
@@ -215,7 +266,8 @@ _sorted_lsh_cumulation.defvjp(_fwd, _bwd)
 
 
 def sorted_lsh_cumulation(q, k, v, q_codes, k_codes, q_mask, k_mask, *,
-                          hash_bits, tile=64, interpret=False, platform=None):
+                          hash_bits, tile=64, hash_sum="unsort",
+                          interpret=False, platform=None):
   """`yoso_lsh_cumulation` (same arguments and result) by sorted tiles.
 
   Args:
@@ -225,6 +277,8 @@ def sorted_lsh_cumulation(q, k, v, q_codes, k_codes, q_mask, k_mask, *,
     q_mask, k_mask: `[groups, n]` float, 1 for real tokens.
     hash_bits: τ (the backward's τ/2).
     tile: T, sorted tokens per tile (a power of two ≥ 16).
+    hash_sum: "unsort" or "atomic" (`sorted_cumulation`; GPU and the
+      interpreter only).
     interpret: run in the Pallas interpreter (any backend).
     platform: backend to compile for (default `jax.default_backend()`).
 
@@ -237,4 +291,4 @@ def sorted_lsh_cumulation(q, k, v, q_codes, k_codes, q_mask, k_mask, *,
   return _sorted_lsh_cumulation(q, k, v, q_codes, k_codes,
                                 q_mask.astype(jnp.float32),
                                 k_mask.astype(jnp.float32), hash_bits, tile,
-                                interpret, platform)
+                                hash_sum, interpret, platform)

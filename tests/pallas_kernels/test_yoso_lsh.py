@@ -19,19 +19,22 @@ from tests.pallas_kernels import LOWERS_TRITON_WITHOUT_GPU
 from tests.pallas_kernels import interpret
 
 SIZES = yoso_lsh.BlockSizes(block=16)
-ALGORITHMS = ["tables", "sorted", "sorted_tpu"]
+ALGORITHMS = ["tables", "sorted", "sorted_atomic", "sorted_tpu"]
 
 
 def _cumulation(algorithm):
   """The Pallas cumulation with the LSH backward, by tables, sorted tiles
-  (GPU form) or sorted tiles (TPU form, interpreted off TPU); 16-token
-  blocks / tiles, so 37 tokens make ragged tiles."""
+  (GPU form: hashes summed by un-sorting or by atomics) or sorted tiles
+  (TPU form, interpreted off TPU); 16-token blocks / tiles, so 37 tokens
+  make ragged tiles."""
   if algorithm == "tables":
     return lambda *args, **kw: yoso_lsh.yoso_lsh_cumulation(
         *args, block_sizes=SIZES, interpret=interpret(), **kw)
   platform = "tpu" if algorithm == "sorted_tpu" else None
+  hash_sum = "atomic" if algorithm == "sorted_atomic" else "unsort"
   return lambda *args, **kw: sorted_tiles.sorted_lsh_cumulation(
-      *args, tile=16, interpret=interpret(platform), platform=platform, **kw)
+      *args, tile=16, hash_sum=hash_sum, interpret=interpret(platform),
+      platform=platform, **kw)
 
 
 def _unit(rng, shape):
@@ -138,7 +141,7 @@ def test_yoso_attention_pallas_impl_equals_xla_impl():
   f = lambda impl: lambda q, k, v: yoso.yoso_attention(q, k, v, impl=impl,
                                                        **kwargs)
   loss = lambda fn: lambda *a: (fn(*a) * jnp.arange(8.0)).sum()
-  for impl in ("pallas", "pallas_sorted"):
+  for impl in ("pallas", "pallas_sorted", "pallas_sorted_atomic"):
     np.testing.assert_allclose(f(impl)(q, k, v), f("xla")(q, k, v),
                                atol=1e-6)
     for got, want in zip(jax.grad(loss(f(impl)), (0, 1, 2))(q, k, v),
@@ -175,6 +178,16 @@ def test_kernels_lower_to_triton_for_cuda_on_a_cpu_machine():
   lowered = jax.jit(jax.value_and_grad(sorted_loss, argnums=(0, 1, 2))).trace(
       q, k, v).lower(lowering_platforms=("cuda",)).as_text()
   assert lowered.count("xla.gpu.triton") == 4
+  atomic_loss = lambda q, k, v: sorted_tiles.sorted_lsh_cumulation(
+      q, k, v, codes, codes, mask, mask, hash_bits=5, hash_sum="atomic",
+      platform="gpu").sum()
+  lowered = jax.jit(jax.value_and_grad(atomic_loss, argnums=(0, 1, 2))).trace(
+      q, k, v).lower(lowering_platforms=("cuda",)).as_text()
+  assert lowered.count("xla.gpu.triton") == 4
+  with pytest.raises(ValueError, match="Mosaic"):
+    sorted_tiles.sorted_lsh_cumulation(q, k, v, codes, codes, mask, mask,
+                                       hash_bits=5, hash_sum="atomic",
+                                       platform="tpu")
 
 
 def test_tpu_sorted_tiles_lower_to_mosaic_and_overflow_takes_the_tables():
