@@ -14,7 +14,9 @@ same two kernels. Wired into `efficient.attention.yoso` as `impl="pallas"`.
 
 `sorted_lsh_cumulation` (sorted_tiles.py) computes the same forward and backward
 by sorting tokens by code and multiplying tiles (no atomics):
-`impl="pallas_sorted"`.
+`impl="pallas_sorted"`; with `hash_sum="atomic"` (GPU) the tiles add their
+rows into one output, summing over hashes in the kernel:
+`impl="pallas_sorted_atomic"`.
 
 Layout: `[groups, n, d]` (groups = batch·heads), codes `[groups, m, n]`,
 masks `[groups, n]` float. n is padded to the token block internally; the

@@ -19,7 +19,8 @@ of T keys:
 
 with rows gathered by the sort permutation inside the kernel. Each hash
 writes its own [n, e] output in sorted order; XLA un-sorts and sums over
-hashes (no atomics anywhere). Work per hash: about 2n/T tiles when buckets
+hashes (no atomics anywhere) — or, with `hash_sum="atomic"` (GPU), each
+tile adds its rows at their token positions into one [n, e] output. Work per hash: about 2n/T tiles when buckets
 are small (n/2^τ ≤ T) — 2·n·T·e multiply-adds for the forward, three times
 that for a weighted pass — against one atomic add per (token, value
 dimension, weight dimension) for the table backward. The v1 original has
