@@ -20,8 +20,8 @@ of T keys:
 with rows gathered by the sort permutation inside the kernel. Each hash
 writes its own [n, e] output in sorted order; XLA un-sorts and sums over
 hashes (no atomics anywhere) — or, with `hash_sum="atomic"` (GPU), each
-tile adds its rows at their token positions into one [n, e] output. Work per hash: about 2n/T tiles when buckets
-are small (n/2^τ ≤ T) — 2·n·T·e multiply-adds for the forward, three times
+tile adds its rows at their token positions into one [n, e] output.
+Work per hash: about 2n/T tiles when buckets are small (n/2^τ ≤ T) — 2·n·T·e multiply-adds for the forward, three times
 that for a weighted pass — against one atomic add per (token, value
 dimension, weight dimension) for the table backward. The v1 original has
 no such path; its v2 backward (yoso_v2, `count_sort`) also sorts keys by
